@@ -1,0 +1,91 @@
+"""``apm``: the command line.
+
+``apm fit | validate | test | predict`` are LightningCLI subcommands (YAML configs under
+``experiments/``, ``-c a.yaml -c b.yaml`` composition, ``--print_config``, dotted overrides).
+``apm export`` writes a Hugging Face folder from a checkpoint; ``apm demo`` is the short
+fine-tuning demo of the README. Heavy libraries are imported only once a command needs them,
+so ``apm --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+USAGE = """usage: apm <command> [options]
+
+commands:
+  fit        train (and validate) a model:   apm fit -c experiments/glue/sst2.yaml
+  validate   score a model on the dev split:  apm validate -c CONFIG --ckpt_path CKPT
+  test       score on data.test_split (labelled; GLUE test files have no labels)
+  predict    write predictions as TSV:        apm predict -c CONFIG --ckpt_path CKPT
+  export     checkpoint -> Hugging Face folder:  apm export CKPT OUT_DIR [--overwrite]
+  demo       a short fine-tuning demo that prints a results table
+
+Every training command takes --help for its options. Errors print one line; set APM_DEBUG=1
+(or pass --debug) for the full traceback.
+Data: --data.data_dir DIR, or $APM_DATA_DIR (a folder with glue/, squad/, corpus/).
+"""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("apm-lightning")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("APM_DEBUG", "") not in ("", "0") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"apm-lightning {_version()}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    from apm_lightning.errors import APMError
+
+    try:
+        if command in LIGHTNING_COMMANDS:
+            from apm_lightning.training.cli import run_lightning_cli
+
+            run_lightning_cli([command, *rest])
+        elif command == "export":
+            from apm_lightning.export import export_main
+
+            export_main(rest)
+        elif command == "demo":
+            from apm_lightning.demo import demo_main
+
+            demo_main(rest)
+        else:
+            print(f"apm: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+            return 2
+    except APMError as err:
+        if debug:
+            raise
+        print(f"apm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("apm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
+
+
+__all__ = ["main", "entry_point", "Path"]

