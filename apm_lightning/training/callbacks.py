@@ -54,12 +54,12 @@ class ThroughputCallback(pl.Callback):
         self._start = time.perf_counter()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.training and self._start is not None:
+        if trainer.state.fn == "fit" and self._start is not None:
             self.train_seconds += time.perf_counter() - self._start
             self._start = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.training:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:

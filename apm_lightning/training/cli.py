@@ -98,6 +98,7 @@ class APMCLI(LightningCLI):
         if trainer.interrupted:
             return
         best = self.checkpoint_callback.best_model_path or None
+        last = self.checkpoint_callback.last_model_path or None
         # End by scoring the best checkpoint on dev, as the results of the run.
         scores = trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         metrics = {}
@@ -112,7 +113,7 @@ class APMCLI(LightningCLI):
             **self.throughput.summary(),
             "peak_rss_mb": peak_rss_mb(),
             "best_checkpoint": best,
-            "last_checkpoint": self.checkpoint_callback.last_model_path or None,
+            "last_checkpoint": last,
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
             "data_source": getattr(self.datamodule, "source_description", None),
