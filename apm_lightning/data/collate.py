@@ -74,6 +74,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        # Lightning calls set_epoch on ``batch_sampler.sampler``; point it back at us.
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -108,7 +110,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        # A generator: the order is drawn at the first batch, not when the iterator is made,
+        # because a resumed Lightning run makes the iterator before it calls set_epoch.
+        yield from self._batches()
 
     def __len__(self) -> int:
         n = len(self.lengths)

@@ -78,6 +78,9 @@ class GLUEDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # The run's full config (data included) is logged by the CLI; merging these hparams into
+        # the model's would clash on shared names such as 'tokenizer'.
+        self._log_hyperparams = False
         self.task: GlueTask = get_task(task)
         if source not in SOURCES:
             raise APMError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
@@ -333,7 +336,22 @@ class GLUEDataModule(pl.LightningDataModule):
         return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> list[DataLoader] | DataLoader:
-        loaders = [self._loader_for(s, train=False) for s in self.splits_for(self.predict_split)]
+        # Lightning rebuilds prediction loaders around a plain sampler, so no custom batch
+        # sampler here: the rows are put in length order up front instead (less padding).
+        loaders = []
+        for split in self.splits_for(self.predict_split):
+            dataset = self.datasets[split]
+            lengths = self._lengths(dataset)
+            ordered = dataset.select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
+            loaders.append(
+                DataLoader(
+                    ordered,
+                    batch_size=self.eval_batch_size,
+                    shuffle=False,
+                    collate_fn=PadCollator(self.encoder.pad_values, regression=self.task.is_regression),
+                    num_workers=self.num_workers,
+                )
+            )
         return loaders[0] if len(loaders) == 1 else loaders
 
     def split_names(self, stage: str) -> list[str]:

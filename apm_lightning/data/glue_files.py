@@ -104,7 +104,10 @@ def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str,
                 )
             positions = [header.index(c) for c in task.text_columns]
             label_pos = header.index(task.label_column) if labelled else None
-            idx_pos = header.index("index") if "index" in header else None
+            # The file's own example ids: ``index`` in most tasks, ``id`` in QQP (whose test ids
+            # must survive skipped malformed rows, since submissions are keyed by them).
+            idx_name = next((c for c in ("index", "id") if c in header), None)
+            idx_pos = header.index(idx_name) if idx_name is not None else None
             width = len(header)
         for row in reader:
             if not row or row == [""]:
@@ -157,8 +160,12 @@ def read_table(
             f"{path}: unsupported file type {path.suffix!r} (use one of {', '.join(_TABLE_FORMATS)})"
         )
     kwargs: dict[str, Any] = {}
+    if fmt == "csv":
+        # pandas would read text such as "NA", "null" or an empty cell as a missing value, which
+        # then reaches us as the string "None": keep every cell as written.
+        kwargs["keep_default_na"] = False
     if path.suffix.lower() == ".tsv":
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        kwargs.update(delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for unreadable files

@@ -38,6 +38,8 @@ class APMCLI(LightningCLI):
                             help="auto: online with credentials and network, else offline on disk")
         parser.add_argument("--wandb_project", default="apm-lightning")
         parser.add_argument("--run_name", default=None, help="W&B run name (default: the run dir)")
+        # Our batch sampler shards data across ranks itself (and keeps the epoch-seeded order).
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.add_argument("--allow_unsafe_checkpoints", default=False, type=bool,
                             help="load checkpoints with full pickle (only for files you trust)")
 
@@ -57,11 +59,17 @@ class APMCLI(LightningCLI):
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=True,
+        )
+        # Lightning's save_last only writes when a top-k save happened, so a run whose score
+        # stopped improving would resume from a stale epoch. A second, unmonitored callback
+        # keeps last.ckpt current every epoch.
+        self.last_checkpoint = ModelCheckpoint(
+            dirpath=root / "checkpoints", filename="last", monitor=None, save_top_k=1,
+            enable_version_counter=False,
         )
         self.throughput = ThroughputCallback()
         self.prediction_writer = GluePredictionWriter(root / "predictions")
-        callbacks = [self.checkpoint_callback, self.throughput, StepSeeder(), self.prediction_writer]
+        callbacks = [self.checkpoint_callback, self.last_checkpoint, self.throughput, StepSeeder(), self.prediction_writer]
         if config.trainer.get("logger") in (None, True):
             run_name = config.get("run_name") or root.name
             kwargs["logger"] = default_loggers(root, config.wandb_mode, config.wandb_project, run_name)
@@ -82,6 +90,9 @@ class APMCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check("fit")
+        config = self._config_dict()
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({"config": config})
 
     def before_validate(self) -> None:
         self._check("validate")
@@ -98,7 +109,7 @@ class APMCLI(LightningCLI):
         if trainer.interrupted:
             return
         best = self.checkpoint_callback.best_model_path or None
-        last = self.checkpoint_callback.last_model_path or None
+        last = self.last_checkpoint.best_model_path or None
         # End by scoring the best checkpoint on dev, as the results of the run.
         scores = trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         metrics = {}
