@@ -19,7 +19,12 @@ def choose_source() -> tuple[list[str], str]:
     if root is not None:
         for folder in (root / "glue" / "SST-2", root / "SST-2"):
             if (folder / "train.tsv").is_file():
-                return ["--data.source", "local", "--data.data_dir", str(folder.parent)], f"local files in {folder}"
+                return [
+                    "--data.source",
+                    "local",
+                    "--data.data_dir",
+                    str(folder.parent),
+                ], f"local files in {folder}"
     if sources.hub_reachable():
         return ["--data.source", "hub"], "the Hugging Face hub (nyu-mll/glue, sst2)"
     return ["--data.source", "synthetic"], "a synthetic SST-2-style task (no local data, hub unreachable)"
@@ -40,19 +45,31 @@ def demo_main(argv: list[str]) -> None:
     cli = run_lightning_cli(
         [
             "fit",
-            "--model", "apm_lightning.tasks.classification.TransformerClassifier",
-            "--model.backbone", args.backbone,
-            "--model.learning_rate", "5e-5",
-            "--data", "apm_lightning.data.glue.GLUEDataModule",
-            "--data.task", "sst2",
+            "--model",
+            "apm_lightning.tasks.classification.TransformerClassifier",
+            "--model.backbone",
+            args.backbone,
+            "--model.learning_rate",
+            "5e-5",
+            "--data",
+            "apm_lightning.data.glue.GLUEDataModule",
+            "--data.task",
+            "sst2",
             *source_args,
-            "--data.max_train_samples", str(args.train_rows),
-            "--data.max_eval_samples", str(args.eval_rows),
-            "--data.batch_size", "32",
-            "--data.group_by_length", "true",
-            "--trainer.max_epochs", str(args.epochs),
-            "--trainer.default_root_dir", args.out,
-            "--trainer.num_sanity_val_steps", "0",
+            "--data.max_train_samples",
+            str(args.train_rows),
+            "--data.max_eval_samples",
+            str(args.eval_rows),
+            "--data.batch_size",
+            "32",
+            "--data.group_by_length",
+            "true",
+            "--trainer.max_epochs",
+            str(args.epochs),
+            "--trainer.default_root_dir",
+            args.out,
+            "--trainer.num_sanity_val_steps",
+            "0",
             *extra,
         ]
     )

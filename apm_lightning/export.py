@@ -25,7 +25,9 @@ def load_module_from_checkpoint(path: str | Path, allow_unsafe: bool = False):
     return cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=not allow_unsafe)
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, overwrite: bool = False, allow_unsafe: bool = False) -> Path:
+def export_checkpoint(
+    ckpt: str | Path, out: str | Path, overwrite: bool = False, allow_unsafe: bool = False
+) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
@@ -54,8 +56,11 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("checkpoint", help="a .ckpt written by apm fit")
     parser.add_argument("out", help="output folder (must be new or empty unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
-    parser.add_argument("--allow-unsafe-checkpoints", action="store_true",
-                        help="unpickle arbitrary objects (only for checkpoints you trust)")
+    parser.add_argument(
+        "--allow-unsafe-checkpoints",
+        action="store_true",
+        help="unpickle arbitrary objects (only for checkpoints you trust)",
+    )
     args = parser.parse_args(argv)
     path = export_checkpoint(args.checkpoint, args.out, args.overwrite, args.allow_unsafe_checkpoints)
     print(path.resolve())

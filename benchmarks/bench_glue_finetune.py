@@ -281,9 +281,7 @@ def report(results: dict[str, dict], errors: dict[str, str]) -> list[dict[str, A
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["all", "hf", *PEERS], default="all")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())  # GLUE root
     p.add_argument("--rows", type=int, default=2000, help="first N train rows")

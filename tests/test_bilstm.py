@@ -64,9 +64,7 @@ def test_tokenizer_special_ids_and_frequency_order() -> None:
     assert vocab["the"] == 2
     assert "The" not in vocab
     # Frequency ties are broken by the word, so the ids do not depend on hash order.
-    ones = sorted(
-        ["zebra", "yak", "xylophone", "walrus", "mat", "dog", "log", ".", "!"]
-    )
+    ones = sorted(["zebra", "yak", "xylophone", "walrus", "mat", "dog", "log", ".", "!"])
     assert [vocab[w] for w in ones] == sorted(vocab[w] for w in ones)
     twos = sorted(["sat", "on", "a", "cat"])
     assert [vocab[w] for w in twos] == [3, 4, 5, 6]
@@ -99,10 +97,7 @@ def test_tokenizer_json_round_trip() -> None:
     assert restored.get_vocab() == tok.get_vocab()
     assert restored.pad_token_id == 0 and restored.unk_token_id == 1
     batch = ["The CAT sat, on a unicorn.", "", "yak"]
-    assert (
-        restored(batch, padding=True)["input_ids"]
-        == tok(batch, padding=True)["input_ids"]
-    )
+    assert restored(batch, padding=True)["input_ids"] == tok(batch, padding=True)["input_ids"]
     with pytest.raises(APMError, match="retrain"):
         word_tokenizer_from_json("{not json")
 
@@ -189,14 +184,10 @@ def test_load_glove_errors(tmp_path) -> None:
 
 def test_max_pooling_ignores_padding() -> None:
     torch.manual_seed(0)
-    enc = BiLSTMEncoder(
-        vocab_size=20, embedding_dim=8, hidden_size=6, num_layers=2, dropout=0.3
-    )
+    enc = BiLSTMEncoder(vocab_size=20, embedding_dim=8, hidden_size=6, num_layers=2, dropout=0.3)
     enc.eval()
     ids = torch.tensor([[5, 6, 7]])
-    padded = torch.tensor(
-        [[5, 6, 7, 0, 0, 0, 0], [3, 4, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]]
-    )
+    padded = torch.tensor([[5, 6, 7, 0, 0, 0, 0], [3, 4, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]])
     with torch.no_grad():
         alone = enc(ids)
         batch = enc(padded)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -28,41 +27,129 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def write_fixture_glue(root: Path) -> Path:
     """STS-B, QQP, MNLI and QNLI in their published layouts (they are not in ../shared)."""
-    rows = [("a man is playing a guitar .", "a person plays an instrument ."),
-            ("the cat sleeps on the mat .", "a dog runs in the park ."),
-            ("stocks fell sharply today .", "markets dropped a lot today ."),
-            ("she is reading a book .", "nobody is reading .")] * 6
+    rows = [
+        ("a man is playing a guitar .", "a person plays an instrument ."),
+        ("the cat sleeps on the mat .", "a dog runs in the park ."),
+        ("stocks fell sharply today .", "markets dropped a lot today ."),
+        ("she is reading a book .", "nobody is reading ."),
+    ] * 6
+
     def write(path: Path, header: list[str], body: list[list[str]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join("\t".join(r) for r in [header, *body]) + "\n", encoding="utf-8")
+
     stsb = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"]
     for name in ("train", "dev"):
-        write(root / "STS-B" / f"{name}.tsv", [*stsb, "score"],
-              [[str(i), "main-captions", "MSRvid", "2012test", str(i), "none", "none", a, b, f"{(i * 0.7) % 5:.3f}"]
-               for i, (a, b) in enumerate(rows)])
-    write(root / "STS-B" / "test.tsv", stsb,
-          [[str(i), "main-news", "f", "2012", str(i), "none", "none", a, b] for i, (a, b) in enumerate(rows)])
+        write(
+            root / "STS-B" / f"{name}.tsv",
+            [*stsb, "score"],
+            [
+                [
+                    str(i),
+                    "main-captions",
+                    "MSRvid",
+                    "2012test",
+                    str(i),
+                    "none",
+                    "none",
+                    a,
+                    b,
+                    f"{(i * 0.7) % 5:.3f}",
+                ]
+                for i, (a, b) in enumerate(rows)
+            ],
+        )
+    write(
+        root / "STS-B" / "test.tsv",
+        stsb,
+        [[str(i), "main-news", "f", "2012", str(i), "none", "none", a, b] for i, (a, b) in enumerate(rows)],
+    )
     for name in ("train", "dev"):
-        write(root / "QQP" / f"{name}.tsv", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-              [[str(i), str(2 * i), str(2 * i + 1), a, b, str(i % 2)] for i, (a, b) in enumerate(rows)])
-    write(root / "QQP" / "test.tsv", ["id", "question1", "question2"], [[str(i), a, b] for i, (a, b) in enumerate(rows)])
-    mnli = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+        write(
+            root / "QQP" / f"{name}.tsv",
+            ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            [[str(i), str(2 * i), str(2 * i + 1), a, b, str(i % 2)] for i, (a, b) in enumerate(rows)],
+        )
+    write(
+        root / "QQP" / "test.tsv",
+        ["id", "question1", "question2"],
+        [[str(i), a, b] for i, (a, b) in enumerate(rows)],
+    )
+    mnli = [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+        "sentence2",
+    ]
     labels = ["entailment", "neutral", "contradiction"]
-    write(root / "MNLI" / "train.tsv", [*mnli, "label1", "gold_label"],
-          [[str(i), str(i), f"{i}e", "fiction", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b, labels[i % 3], labels[i % 3]]
-           for i, (a, b) in enumerate(rows)])
+    write(
+        root / "MNLI" / "train.tsv",
+        [*mnli, "label1", "gold_label"],
+        [
+            [
+                str(i),
+                str(i),
+                f"{i}e",
+                "fiction",
+                "( a )",
+                "( b )",
+                "(ROOT a)",
+                "(ROOT b)",
+                a,
+                b,
+                labels[i % 3],
+                labels[i % 3],
+            ]
+            for i, (a, b) in enumerate(rows)
+        ],
+    )
     for name in ("dev_matched", "dev_mismatched"):
-        write(root / "MNLI" / f"{name}.tsv", [*mnli, "label1", "label2", "label3", "label4", "label5", "gold_label"],
-              [[str(i), str(i), f"{i}e", "slate", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b, *[labels[i % 3]] * 6]
-               for i, (a, b) in enumerate(rows)])
+        write(
+            root / "MNLI" / f"{name}.tsv",
+            [*mnli, "label1", "label2", "label3", "label4", "label5", "gold_label"],
+            [
+                [
+                    str(i),
+                    str(i),
+                    f"{i}e",
+                    "slate",
+                    "( a )",
+                    "( b )",
+                    "(ROOT a)",
+                    "(ROOT b)",
+                    a,
+                    b,
+                    *[labels[i % 3]] * 6,
+                ]
+                for i, (a, b) in enumerate(rows)
+            ],
+        )
     for name in ("test_matched", "test_mismatched"):
-        write(root / "MNLI" / f"{name}.tsv", mnli,
-              [[str(i), str(i), f"{i}e", "slate", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b] for i, (a, b) in enumerate(rows)])
+        write(
+            root / "MNLI" / f"{name}.tsv",
+            mnli,
+            [
+                [str(i), str(i), f"{i}e", "slate", "( a )", "( b )", "(ROOT a)", "(ROOT b)", a, b]
+                for i, (a, b) in enumerate(rows)
+            ],
+        )
     for name in ("train", "dev"):
-        write(root / "QNLI" / f"{name}.tsv", ["index", "question", "sentence", "label"],
-              [[str(i), a, b, ["entailment", "not_entailment"][i % 2]] for i, (a, b) in enumerate(rows)])
-    write(root / "QNLI" / "test.tsv", ["index", "question", "sentence"], [[str(i), a, b] for i, (a, b) in enumerate(rows)])
+        write(
+            root / "QNLI" / f"{name}.tsv",
+            ["index", "question", "sentence", "label"],
+            [[str(i), a, b, ["entailment", "not_entailment"][i % 2]] for i, (a, b) in enumerate(rows)],
+        )
+    write(
+        root / "QNLI" / "test.tsv",
+        ["index", "question", "sentence"],
+        [[str(i), a, b] for i, (a, b) in enumerate(rows)],
+    )
     return root
 
 
@@ -72,24 +159,58 @@ def fixture_glue(tmp_path_factory) -> Path:
 
 
 def apm(*args: str) -> int:
-    return main([*map(str, args), "--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false",
-                 "--trainer.enable_model_summary", "false"] if args[0] in ("fit", "validate", "test", "predict")
-                else list(map(str, args)))
+    return main(
+        [
+            *map(str, args),
+            "--wandb_mode",
+            "disabled",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+        if args[0] in ("fit", "validate", "test", "predict")
+        else list(map(str, args))
+    )
 
 
 def fit(task: str, run_dir: Path, data_dir: Path, *extra: str, model: str = TINY) -> dict:
-    rc = apm("fit", "-c", REPO / "experiments" / "glue" / f"{task}.yaml", "-c", model,
-             "--data.data_dir", data_dir, "--data.max_train_samples", 16, "--data.max_eval_samples", 16,
-             "--data.batch_size", 8, "--data.max_seq_length", 32, "--trainer.max_epochs", 1,
-             "--trainer.default_root_dir", run_dir, *extra)
+    rc = apm(
+        "fit",
+        "-c",
+        REPO / "experiments" / "glue" / f"{task}.yaml",
+        "-c",
+        model,
+        "--data.data_dir",
+        data_dir,
+        "--data.max_train_samples",
+        16,
+        "--data.max_eval_samples",
+        16,
+        "--data.batch_size",
+        8,
+        "--data.max_seq_length",
+        32,
+        "--trainer.max_epochs",
+        1,
+        "--trainer.default_root_dir",
+        run_dir,
+        *extra,
+    )
     assert rc == 0
     return json.loads((run_dir / "results.json").read_text())
 
 
 EXPECTED_METRICS = {
-    "cola": {"mcc"}, "sst2": {"accuracy"}, "mrpc": {"f1", "accuracy"}, "stsb": {"pearson", "spearman"},
-    "qqp": {"f1", "accuracy"}, "mnli": {"accuracy_matched", "accuracy_mismatched"}, "qnli": {"accuracy"},
-    "rte": {"accuracy"}, "wnli": {"accuracy"},
+    "cola": {"mcc"},
+    "sst2": {"accuracy"},
+    "mrpc": {"f1", "accuracy"},
+    "stsb": {"pearson", "spearman"},
+    "qqp": {"f1", "accuracy"},
+    "mnli": {"accuracy_matched", "accuracy_mismatched"},
+    "qnli": {"accuracy"},
+    "rte": {"accuracy"},
+    "wnli": {"accuracy"},
 }
 
 
@@ -106,7 +227,9 @@ def test_fit_every_task_writes_results(task, tmp_path, fixture_glue, capsys):
     assert Path(results["best_checkpoint"]).is_file()
     assert results["config"]["data"]["init_args"]["task"] == task
     assert results["versions"]["torch"] and "git_commit" in results
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str((tmp_path / "run" / "results.json").resolve())
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(
+        (tmp_path / "run" / "results.json").resolve()
+    )
 
 
 def test_bilstm_pair_task(tmp_path):
@@ -124,16 +247,49 @@ def test_resume_is_exact(tmp_path, model, monkeypatch):
     """2 epochs straight == stopped after epoch 1, resumed from last.ckpt (bitwise equal)."""
     from apm_lightning.training.callbacks import StepSeeder
 
-    common = ["--data.max_train_samples", 48, "--data.max_eval_samples", 16, "--data.batch_size", 8,
-              "--data.max_seq_length", 32, "--trainer.deterministic", "true"]
+    common = [
+        "--data.max_train_samples",
+        48,
+        "--data.max_eval_samples",
+        16,
+        "--data.batch_size",
+        8,
+        "--data.max_seq_length",
+        32,
+        "--trainer.deterministic",
+        "true",
+    ]
     cfg = ["-c", REPO / "experiments" / "glue" / "rte.yaml", "-c", model, "--data.data_dir", GLUE]
-    assert apm("fit", *cfg, *common, "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path / "a") == 0
+    assert (
+        apm("fit", *cfg, *common, "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path / "a")
+        == 0
+    )
     with monkeypatch.context() as patch:  # the interruption: stop once the first epoch is saved
-        patch.setattr(StepSeeder, "on_train_epoch_end", lambda self, trainer, module: setattr(trainer, "should_stop", True), raising=False)
-        assert apm("fit", *cfg, *common, "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path / "b") == 0
+        patch.setattr(
+            StepSeeder,
+            "on_train_epoch_end",
+            lambda self, trainer, module: setattr(trainer, "should_stop", True),
+            raising=False,
+        )
+        assert (
+            apm("fit", *cfg, *common, "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path / "b")
+            == 0
+        )
     assert json.loads((tmp_path / "b/results.json").read_text())["global_step"] == 6
-    assert apm("fit", *cfg, *common, "--trainer.max_epochs", 2, "--trainer.default_root_dir", tmp_path / "b",
-               "--ckpt_path", "last") == 0
+    assert (
+        apm(
+            "fit",
+            *cfg,
+            *common,
+            "--trainer.max_epochs",
+            2,
+            "--trainer.default_root_dir",
+            tmp_path / "b",
+            "--ckpt_path",
+            "last",
+        )
+        == 0
+    )
     a, b = _state(tmp_path / "a/checkpoints/last.ckpt"), _state(tmp_path / "b/checkpoints/last.ckpt")
     assert a.keys() == b.keys()
     for key in a:
@@ -145,9 +301,21 @@ def test_resume_is_exact(tmp_path, model, monkeypatch):
 
 def test_predict_writes_test_split(tmp_path):
     results = fit("rte", tmp_path / "run", GLUE)
-    rc = apm("predict", "-c", REPO / "experiments/glue/rte.yaml", "-c", TINY, "--data.data_dir", GLUE,
-             "--data.max_predict_samples", 40, "--trainer.default_root_dir", tmp_path / "run",
-             "--ckpt_path", results["best_checkpoint"])
+    rc = apm(
+        "predict",
+        "-c",
+        REPO / "experiments/glue/rte.yaml",
+        "-c",
+        TINY,
+        "--data.data_dir",
+        GLUE,
+        "--data.max_predict_samples",
+        40,
+        "--trainer.default_root_dir",
+        tmp_path / "run",
+        "--ckpt_path",
+        results["best_checkpoint"],
+    )
     assert rc == 0
     lines = (tmp_path / "run/predictions/rte_test.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 41
@@ -157,12 +325,27 @@ def test_predict_writes_test_split(tmp_path):
 
 def test_predict_mnli_writes_matched_and_mismatched(tmp_path, fixture_glue):
     results = fit("mnli", tmp_path / "run", fixture_glue)
-    rc = apm("predict", "-c", REPO / "experiments/glue/mnli.yaml", "-c", TINY, "--data.data_dir", fixture_glue,
-             "--trainer.default_root_dir", tmp_path / "run", "--ckpt_path", results["best_checkpoint"])
+    rc = apm(
+        "predict",
+        "-c",
+        REPO / "experiments/glue/mnli.yaml",
+        "-c",
+        TINY,
+        "--data.data_dir",
+        fixture_glue,
+        "--trainer.default_root_dir",
+        tmp_path / "run",
+        "--ckpt_path",
+        results["best_checkpoint"],
+    )
     assert rc == 0
     for split in ("test_matched", "test_mismatched"):
         lines = (tmp_path / f"run/predictions/mnli_{split}.tsv").read_text().splitlines()
-        assert len(lines) == 25 and {x.split("\t")[1] for x in lines[1:]} <= {"entailment", "neutral", "contradiction"}
+        assert len(lines) == 25 and {x.split("\t")[1] for x in lines[1:]} <= {
+            "entailment",
+            "neutral",
+            "contradiction",
+        }
 
 
 def test_export_loads_with_auto_class(tmp_path):
@@ -190,8 +373,20 @@ def test_export_loads_with_auto_class(tmp_path):
 
 def test_validate_checkpoint(tmp_path, capsys):
     results = fit("sst2", tmp_path / "run", GLUE)
-    rc = apm("validate", "-c", REPO / "experiments/glue/sst2.yaml", "-c", TINY, "--data.data_dir", GLUE,
-             "--data.max_eval_samples", 16, "--trainer.default_root_dir", tmp_path / "val",
-             "--ckpt_path", results["best_checkpoint"])
+    rc = apm(
+        "validate",
+        "-c",
+        REPO / "experiments/glue/sst2.yaml",
+        "-c",
+        TINY,
+        "--data.data_dir",
+        GLUE,
+        "--data.max_eval_samples",
+        16,
+        "--trainer.default_root_dir",
+        tmp_path / "val",
+        "--ckpt_path",
+        results["best_checkpoint"],
+    )
     assert rc == 0
     assert f"{results['metrics']['accuracy']:.4f}" in capsys.readouterr().out

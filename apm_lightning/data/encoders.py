@@ -54,9 +54,9 @@ class SeparatePairEncoder:
         self, text_a: list[str], text_b: list[str] | None, max_length: int
     ) -> dict[str, list[list[int]]]:
         def ids(texts: list[str]) -> list[list[int]]:
-            return self.tokenizer(
-                texts, truncation=True, max_length=max_length, add_special_tokens=False
-            )["input_ids"]
+            return self.tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)[
+                "input_ids"
+            ]
 
         out = {"input_ids_a": ids(text_a)}
         if text_b is not None:

@@ -119,9 +119,7 @@ class GLUEDataModule(pl.LightningDataModule):
             return [name]
         expanded = [s for s in self.task.splits if s.startswith(name + "_")]
         if not expanded:
-            raise APMError(
-                f"{self.task.name} has no split {name!r} (it has {', '.join(self.task.splits)})"
-            )
+            raise APMError(f"{self.task.name} has no split {name!r} (it has {', '.join(self.task.splits)})")
         return expanded
 
     def _local_task_dir(self, root: Path) -> Path | None:
@@ -142,8 +140,7 @@ class GLUEDataModule(pl.LightningDataModule):
             def from_files(split: str) -> dict[str, list]:
                 if split not in files:
                     raise APMError(
-                        f"{task.name}: no file given for split {split!r} "
-                        f"(set --data.data_files.{split} PATH)"
+                        f"{task.name}: no file given for split {split!r} (set --data.data_files.{split} PATH)"
                     )
                 return read_table(task, files[split], self.column_map, task.splits[split].labelled)
 
@@ -194,7 +191,9 @@ class GLUEDataModule(pl.LightningDataModule):
         try:
             table = datasets.load_dataset(HUB_DATASET, self.task.name, split=split)
         except Exception as err:
-            raise APMError(f"could not load {HUB_DATASET}/{self.task.name} ({split}) from the hub: {err}") from None
+            raise APMError(
+                f"could not load {HUB_DATASET}/{self.task.name} ({split}) from the hub: {err}"
+            ) from None
         columns = {"idx": list(table["idx"]), "text_a": list(table[self.task.hub_text_columns[0]])}
         if self.task.is_pair:
             columns["text_b"] = list(table[self.task.hub_text_columns[1]])
@@ -268,8 +267,14 @@ class GLUEDataModule(pl.LightningDataModule):
             origin = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         else:
             origin = self.source_description
-        parts = [self.task.name, split, origin, self.encoder.fingerprint, str(self.max_seq_length),
-                 str(self._limit_for(split))]
+        parts = [
+            self.task.name,
+            split,
+            origin,
+            self.encoder.fingerprint,
+            str(self.max_seq_length),
+            str(self._limit_for(split)),
+        ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
     def _tokenized(self, split: str):

@@ -125,9 +125,7 @@ def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str,
                 try:
                     columns["idx"].append(int(row[idx_pos]))
                 except ValueError:
-                    raise APMError(
-                        f"{path}, line {line}: index {row[idx_pos]!r} is not an integer"
-                    ) from None
+                    raise APMError(f"{path}, line {line}: index {row[idx_pos]!r} is not an integer") from None
             else:
                 columns["idx"].append(len(columns["idx"]))
             columns["text_a"].append(row[positions[0]])

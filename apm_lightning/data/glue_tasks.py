@@ -200,7 +200,5 @@ def get_task(name: str) -> GlueTask:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in GLUE_TASKS:
-        raise APMError(
-            f"unknown GLUE task {name!r}: choose one of {', '.join(GLUE_TASKS)}"
-        )
+        raise APMError(f"unknown GLUE task {name!r}: choose one of {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]

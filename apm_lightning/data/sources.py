@@ -69,7 +69,11 @@ def hub_unreachable_error(what: str, hint: str) -> APMError:
 # and written as real TSV files so that it goes through the same reader as GLUE itself.
 _POSITIVE = "wonderful charming moving brilliant delightful gripping funny tender superb honest".split()
 _NEGATIVE = "dull tedious clumsy boring shallow bland awkward lifeless muddled forgettable".split()
-_SUBJECTS = "the film|this movie|the story|the cast|the script|the ending|the director 's work|the soundtrack".split("|")
+_SUBJECTS = (
+    "the film|this movie|the story|the cast|the script|the ending|the director 's work|the soundtrack".split(
+        "|"
+    )
+)
 _VERBS = "is|feels|seems|remains|turns out to be".split("|")
 _ADVERBS = ["", "really ", "quite ", "utterly ", "often "]
 
@@ -79,7 +83,12 @@ def _synthetic_sentence(rng: random.Random) -> tuple[str, int]:
     negated = rng.random() < 0.25  # "not dull" is positive: the model must read two words
     polarity = label ^ negated
     adjective = rng.choice(_POSITIVE if polarity else _NEGATIVE)
-    parts = [rng.choice(_SUBJECTS), rng.choice(_VERBS), "not" if negated else "", rng.choice(_ADVERBS) + adjective]
+    parts = [
+        rng.choice(_SUBJECTS),
+        rng.choice(_VERBS),
+        "not" if negated else "",
+        rng.choice(_ADVERBS) + adjective,
+    ]
     return " ".join(p for p in parts if p) + " . ", label
 
 

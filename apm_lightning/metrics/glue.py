@@ -20,6 +20,19 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from apm_lightning.data.glue_tasks import GlueTask
 
 
+class GlueBinaryMCC(BinaryMatthewsCorrCoef):
+    """Matthews correlation as GLUE scores it (scikit-learn's ``matthews_corrcoef``): 0 when a
+    row or column of the confusion matrix is empty. torchmetrics instead returns a limiting value
+    there (0.29 for an all-positive guess on a 4:2 set, 1.0 for one class predicted perfectly),
+    which would give a constant predictor on CoLA a non-zero score."""
+
+    def compute(self) -> torch.Tensor:
+        tn, fp, fn, tp = self.confmat.reshape(-1).tolist()
+        if (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn) == 0:
+            return torch.tensor(0.0, device=self.confmat.device)
+        return super().compute()
+
+
 def build_glue_metrics(task: GlueTask) -> MetricCollection:
     """A metric collection for ``task``; update it with predicted class ids (or scores for
     STS-B) and targets."""
@@ -32,7 +45,7 @@ def build_glue_metrics(task: GlueTask) -> MetricCollection:
             metrics[name] = BinaryF1Score()
         elif name == "mcc":
             metrics[name] = (
-                BinaryMatthewsCorrCoef()
+                GlueBinaryMCC()
                 if task.num_labels == 2
                 else MulticlassMatthewsCorrCoef(num_classes=task.num_labels)
             )

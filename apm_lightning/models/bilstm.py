@@ -64,9 +64,7 @@ PRESETS: dict[str, dict] = {
 
 
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN)
 
 
 def build_word_tokenizer(
@@ -87,9 +85,7 @@ def build_word_tokenizer(
             f"special tokens {PAD_TOKEN} and {UNK_TOKEN}, so use at least 2 (e.g. 30000)."
         )
     if min_frequency < 1:
-        raise APMError(
-            f"build_word_tokenizer: min_frequency={min_frequency} must be at least 1."
-        )
+        raise APMError(f"build_word_tokenizer: min_frequency={min_frequency} must be at least 1.")
     tok = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
     if lowercase:
         tok.normalizer = normalizers.Lowercase()
@@ -306,9 +302,7 @@ class BiLSTMEncoder(nn.Module):
         # An empty sentence is run as a single [PAD] step: packing rejects length 0.
         lengths = mask.sum(dim=1).clamp(min=1)
         x = self.dropout(self.embedding(input_ids))
-        packed = pack_padded_sequence(
-            x, lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True)  # [B, max(lengths), 2H]
         steps = torch.arange(out.size(1), device=out.device)
@@ -345,9 +339,7 @@ class BiLSTMPairClassifier(nn.Module):
         self.pair = pair
         self.pad_id = pad_id
         self.num_labels = num_labels
-        self.encoder = BiLSTMEncoder(
-            vocab_size, embedding_dim, hidden_size, num_layers, dropout, pad_id
-        )
+        self.encoder = BiLSTMEncoder(vocab_size, embedding_dim, hidden_size, num_layers, dropout, pad_id)
         features = self.encoder.output_dim * (4 if pair else 1)
         self.classifier = nn.Sequential(
             nn.Linear(features, mlp_hidden),
@@ -356,9 +348,7 @@ class BiLSTMPairClassifier(nn.Module):
             nn.Linear(mlp_hidden, num_labels),
         )
 
-    def forward(
-        self, input_ids_a: torch.Tensor, input_ids_b: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, input_ids_a: torch.Tensor, input_ids_b: torch.Tensor | None = None) -> torch.Tensor:
         """Return logits ``[B, num_labels]`` for sentences a (and b for pair tasks)."""
         if not self.pair:
             if input_ids_b is not None:

@@ -133,7 +133,9 @@ class GlueTaskModule(pl.LightningModule):
             self.log_dict(values, prog_bar=False, add_dataloader_idx=False)
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", "validate" if self.trainer.state.fn == "validate" else "fit", batch, dataloader_idx)
+        self._eval_step(
+            "val", "validate" if self.trainer.state.fn == "validate" else "fit", batch, dataloader_idx
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val", "validate" if self.trainer.state.fn == "validate" else "fit")
@@ -242,10 +244,10 @@ class TransformerClassifier(GlueTaskModule):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__(task, learning_rate, weight_decay, warmup_ratio, warmup_steps, adam_epsilon)
-        if backbone_config is not None:
-            backbone = None  # a config means: build from scratch, whatever the default backbone
         # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
         self.save_hyperparameters(ignore=["task"])
+        if backbone_config is not None:
+            self.hparams.backbone = None  # a config means: from scratch, whatever the default
         if self.glue_task is not None:
             self.net = self.build_network()
 
@@ -388,7 +390,9 @@ class BiLSTMClassifier(GlueTaskModule):
             dim = self.architecture()["embedding_dim"]
             matrix, found = load_glove(self.hparams.glove_path, self.tokenizer.get_vocab(), dim)
             self.net.load_pretrained_embeddings(matrix)
-            print(f"GloVe: {found} of {len(self.tokenizer)} vocabulary words found in {self.hparams.glove_path}")
+            print(
+                f"GloVe: {found} of {len(self.tokenizer)} vocabulary words found in {self.hparams.glove_path}"
+            )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["input_ids_a"], batch.get("input_ids_b"))

@@ -34,14 +34,22 @@ def _run_name(config: Any) -> str:
 
 class APMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--wandb_mode", default="auto", choices=WANDB_MODES,
-                            help="auto: online with credentials and network, else offline on disk")
+        parser.add_argument(
+            "--wandb_mode",
+            default="auto",
+            choices=WANDB_MODES,
+            help="auto: online with credentials and network, else offline on disk",
+        )
         parser.add_argument("--wandb_project", default="apm-lightning")
         parser.add_argument("--run_name", default=None, help="W&B run name (default: the run dir)")
         # Our batch sampler shards data across ranks itself (and keeps the epoch-seeded order).
         parser.set_defaults({"trainer.use_distributed_sampler": False})
-        parser.add_argument("--allow_unsafe_checkpoints", default=False, type=bool,
-                            help="load checkpoints with full pickle (only for files you trust)")
+        parser.add_argument(
+            "--allow_unsafe_checkpoints",
+            default=False,
+            type=bool,
+            help="load checkpoints with full pickle (only for files you trust)",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -64,12 +72,21 @@ class APMCLI(LightningCLI):
         # stopped improving would resume from a stale epoch. A second, unmonitored callback
         # keeps last.ckpt current every epoch.
         self.last_checkpoint = ModelCheckpoint(
-            dirpath=root / "checkpoints", filename="last", monitor=None, save_top_k=1,
+            dirpath=root / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
             enable_version_counter=False,
         )
         self.throughput = ThroughputCallback()
         self.prediction_writer = GluePredictionWriter(root / "predictions")
-        callbacks = [self.checkpoint_callback, self.last_checkpoint, self.throughput, StepSeeder(), self.prediction_writer]
+        callbacks = [
+            self.checkpoint_callback,
+            self.last_checkpoint,
+            self.throughput,
+            StepSeeder(),
+            self.prediction_writer,
+        ]
         if config.trainer.get("logger") in (None, True):
             run_name = config.get("run_name") or root.name
             kwargs["logger"] = default_loggers(root, config.wandb_mode, config.wandb_project, run_name)

@@ -74,8 +74,6 @@ def default_loggers(root: str | Path, wandb_mode: str, project: str, run_name: s
         from lightning.pytorch.loggers import WandbLogger
 
         (root / "wandb").parent.mkdir(parents=True, exist_ok=True)
-        loggers.append(
-            WandbLogger(project=project, name=run_name, save_dir=str(root), mode=mode)
-        )
+        loggers.append(WandbLogger(project=project, name=run_name, save_dir=str(root), mode=mode))
     loggers.append(CSVLogger(save_dir=str(root), name="csv", version=""))
     return loggers

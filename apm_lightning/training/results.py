@@ -18,8 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("apm-lightning", "torch", "lightning", "torchmetrics", "transformers", "tokenizers",
-            "datasets", "wandb")
+PACKAGES = (
+    "apm-lightning",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "wandb",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -44,7 +52,10 @@ def git_commit() -> str | None:
         if out.returncode == 0:
             dirty = subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=where, capture_output=True, text=True, timeout=5,
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=5,
             ).stdout.strip()
             return out.stdout.strip() + ("-dirty" if dirty else "")
     return None

@@ -1,0 +1,3 @@
+from apm_lightning.cli import entry_point
+
+entry_point()
