@@ -69,15 +69,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"apm: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
             return 2
-    except APMError as err:
-        if debug:
+    except Exception as err:
+        # jsonargparse wraps errors raised while it instantiates classes; find ours inside.
+        cause = _user_error(err, APMError)
+        if cause is None or debug:
             raise
-        print(f"apm: error: {err}", file=sys.stderr)
+        print(f"apm: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("apm: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _user_error(err: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def entry_point() -> None:

@@ -7,6 +7,7 @@ or ``transformers``, so nothing in the suite ever tries the network.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# A private cache for tokenized data, so tests neither read nor fill the user's cache.
+os.environ.setdefault("APM_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"apm-test-cache-{os.getpid()}"))
+
+# Lightning binds its log handler to sys.stderr when first imported; import it now, not inside
+# a test whose captured stream is closed afterwards (that turns later log lines into errors).
+import lightning.pytorch  # noqa: E402,F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared, read-only data folder sits beside the repository: ``../shared/data`` from the root.

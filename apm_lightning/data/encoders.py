@@ -8,6 +8,7 @@ it in batches and caches the result keyed by ``fingerprint``.
 from __future__ import annotations
 
 import hashlib
+import json
 
 from transformers import PreTrainedTokenizerBase
 
@@ -15,7 +16,15 @@ from transformers import PreTrainedTokenizerBase
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A short hash of everything that decides the ids a fast tokenizer produces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Truncation and padding settings are runtime state the tokenizer keeps from its last
+        # call, not part of what ids it produces: leave them out.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        state = json.dumps(spec, sort_keys=True)
+    else:
+        state = repr(sorted(tokenizer.get_vocab().items()))
     extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
     return hashlib.sha256((state + extra).encode()).hexdigest()[:16]
 

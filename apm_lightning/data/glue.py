@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
@@ -233,7 +234,7 @@ class GLUEDataModule(pl.LightningDataModule):
         """Read every split ``stage`` needs now, so bad data fails before a run starts."""
         for split in self._stage_splits(stage):
             self.raw_split(split)
-        log.info("%s data: %s", self.task.name, self.source_description)
+        rank_zero_info(f"{self.task.name} data: {self.source_description}")
 
     def _stage_splits(self, stage: str) -> list[str]:
         if stage == "fit":
@@ -360,5 +361,9 @@ class GLUEDataModule(pl.LightningDataModule):
         return loaders[0] if len(loaders) == 1 else loaders
 
     def split_names(self, stage: str) -> list[str]:
-        """The split behind each dataloader index of ``stage`` (for naming metrics and files)."""
-        return self._stage_splits(stage)
+        """The split behind each dataloader index of ``stage`` (for naming metrics and files);
+        empty when the task has no such split (AX has only a test split)."""
+        try:
+            return self._stage_splits(stage)
+        except APMError:
+            return []

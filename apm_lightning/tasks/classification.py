@@ -9,6 +9,7 @@ A model is one subclass that says how text is encoded (``build_encoder``), what 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,9 +28,20 @@ def _split_suffix(split: str) -> str:
     return "_" + rest[1] if len(rest) == 2 else ""
 
 
+def adamw(groups: list[dict], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for the parameters' device (CPU and CUDA
+    since torch 2.4): one kernel for all tensors instead of a Python loop over them."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
 class GlueTaskModule(pl.LightningModule):
     # Hyper-parameters that must agree between a checkpoint and the module loading it.
     identity_keys: tuple[str, ...] = ()
+    # What picks the best checkpoint (the CLI reads this).
+    checkpoint_monitor = ("val/main", "max")
 
     def __init__(
         self,
@@ -57,10 +69,16 @@ class GlueTaskModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def task_name(self) -> str | None:
+        return self.glue_task.name if self.glue_task else None
+
     # --- set-up ------------------------------------------------------------------------
     def _bind_task(self, data_task: GlueTask) -> None:
+        self.data_task = data_task
         if self.glue_task is None:
-            self.glue_task = data_task
+            # AX is predicted by an MNLI model: the model's task is MNLI, the data's is AX.
+            self.glue_task = get_task(data_task.model_task) if data_task.model_task else data_task
         elif data_task.name != self.glue_task.name and data_task.model_task != self.glue_task.name:
             raise APMError(
                 f"this model was set up for task {self.glue_task.name!r} but the data is "
@@ -154,17 +172,38 @@ class GlueTaskModule(pl.LightningModule):
             "prediction": predictions_from_logits(self.glue_task, logits).tolist(),
         }
 
+    def write_predictions(self, groups: list[list[dict]], out_dir: Path) -> list[Path]:
+        """``<task>_<split>.tsv`` (``index``, ``prediction``) per split, sorted by index, labels
+        spelled as the task's files spell them (0/1, or names such as entailment)."""
+        task = self.glue_task
+        vocab = task.file_label_values or task.label_names
+        written = []
+        for outputs in groups:
+            rows = sorted(
+                (i, p) for out in outputs for i, p in zip(out["idx"], out["prediction"], strict=True)
+            )
+            lines = ["index\tprediction"]
+            for index, pred in rows:
+                lines.append(f"{index}\t{pred:.3f}" if task.is_regression else f"{index}\t{vocab[pred]}")
+            name = getattr(self, "data_task", task).name
+            path = out_dir / f"{name}_{outputs[0]['split']}.tsv"
+            tmp = path.with_suffix(".tsv.tmp")
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            tmp.replace(path)
+            written.append(path)
+        return written
+
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
 
         decay, no_decay = [], []
-        for name, param in self.named_parameters():
+        for param in self.parameters():
             if not param.requires_grad:
                 continue
             # Biases and normalisation weights are not decayed (BERT's recipe).
             (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},

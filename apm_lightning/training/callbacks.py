@@ -39,43 +39,38 @@ def _batch_size_and_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 class ThroughputCallback(pl.Callback):
-    """Training examples/s and tokens/s (real tokens, padding excluded), with validation time
-    taken out, logged as ``train/examples_per_sec`` and ``train/tokens_per_sec``."""
+    """Training examples/s and tokens/s (real tokens, padding excluded), logged as
+    ``train/examples_per_sec`` and ``train/tokens_per_sec``.
+
+    Time is summed over the intervals between consecutive training batches (data loading plus
+    the step), so validation and checkpoint writing in between are not counted as training.
+    """
 
     def __init__(self, log_every_n_steps: int = 50) -> None:
         self.log_every_n_steps = log_every_n_steps
         self.examples = 0
         self.tokens = 0
         self.train_seconds = 0.0
-        self._start: float | None = None
-        self._val_start: float | None = None
+        self._last: float | None = None
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and self._start is not None:
-            self.train_seconds += time.perf_counter() - self._start
-            self._start = None
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._start is not None:
-            self.train_seconds += time.perf_counter() - self._start
-            self._start = None
+            self._last = time.perf_counter()  # validation inside an epoch is not training
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.train_seconds += now - self._last
+        self._last = now
         size, tokens = _batch_size_and_tokens(batch)
         self.examples += size
         self.tokens += tokens
-        if trainer.global_step % self.log_every_n_steps == 0 and self._start is not None:
-            elapsed = self.train_seconds + time.perf_counter() - self._start
-            if elapsed > 0:
-                pl_module.log("train/examples_per_sec", self.examples / elapsed)
-                pl_module.log("train/tokens_per_sec", self.tokens / elapsed)
+        if trainer.global_step % self.log_every_n_steps == 0 and self.train_seconds > 0:
+            pl_module.log("train/examples_per_sec", self.examples / self.train_seconds)
+            pl_module.log("train/tokens_per_sec", self.tokens / self.train_seconds)
 
     def summary(self) -> dict[str, float]:
         seconds = self.train_seconds or float("nan")
@@ -88,9 +83,9 @@ class ThroughputCallback(pl.Callback):
         }
 
 
-class GluePredictionWriter(BasePredictionWriter):
-    """Writes ``predictions/<task>_<split>.tsv`` (``index``, ``prediction``), sorted by index,
-    with labels spelled as the task's files spell them (0/1, or names such as entailment)."""
+class PredictionWriter(BasePredictionWriter):
+    """Hands the predictions of ``apm predict`` to the module's ``write_predictions(outputs,
+    out_dir) -> list[Path]``, which knows its task's file format."""
 
     def __init__(self, out_dir: str | Path) -> None:
         super().__init__(write_interval="epoch")
@@ -98,22 +93,7 @@ class GluePredictionWriter(BasePredictionWriter):
         self.written: list[Path] = []
 
     def write_on_epoch_end(self, trainer, pl_module, predictions: Any, batch_indices: Any) -> None:
-        task = pl_module.glue_task
+        # One list per dataloader, also when there is a single one.
         groups = predictions if predictions and isinstance(predictions[0], list) else [predictions]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        vocab = task.file_label_values or task.label_names
-        for outputs in groups:
-            if not outputs:
-                continue
-            split = outputs[0]["split"]
-            rows = sorted(
-                (i, p) for out in outputs for i, p in zip(out["idx"], out["prediction"], strict=True)
-            )
-            lines = ["index\tprediction"]
-            for index, pred in rows:
-                lines.append(f"{index}\t{pred:.3f}" if task.is_regression else f"{index}\t{vocab[pred]}")
-            path = self.out_dir / f"{task.name}_{split}.tsv"
-            tmp = path.with_suffix(".tsv.tmp")
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            tmp.replace(path)
-            self.written.append(path)
+        self.written.extend(pl_module.write_predictions([g for g in groups if g], self.out_dir))

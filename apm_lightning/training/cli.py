@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from apm_lightning.errors import APMError
-from apm_lightning.training.callbacks import GluePredictionWriter, StepSeeder, ThroughputCallback
+from apm_lightning.training.callbacks import PredictionWriter, StepSeeder, ThroughputCallback
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
 
@@ -51,6 +51,25 @@ class APMCLI(LightningCLI):
             help="load checkpoints with full pickle (only for files you trust)",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a checkpoint's hyper-parameters into the model config before
+        anything else; check the file first, so a corrupt or foreign checkpoint gets one clear
+        line instead of an unpickling error or a config parse failure."""
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
+            checkpoint = verify_checkpoint(
+                ckpt, allow_unsafe=self.config[sub].get("allow_unsafe_checkpoints")
+            )
+            stored = (checkpoint.get("apm") or {}).get("module")
+            wanted = self.config[sub].get("model", {}).get("class_path")
+            if stored and wanted and stored != wanted:
+                raise APMError(
+                    f"the checkpoint holds a {stored.rsplit('.', 1)[-1]} model, not a "
+                    f"{wanted.rsplit('.', 1)[-1]}; use the config it was trained with"
+                )
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if not config.trainer.get("default_root_dir"):
@@ -79,7 +98,7 @@ class APMCLI(LightningCLI):
             enable_version_counter=False,
         )
         self.throughput = ThroughputCallback()
-        self.prediction_writer = GluePredictionWriter(root / "predictions")
+        self.prediction_writer = PredictionWriter(root / "predictions")
         callbacks = [
             self.checkpoint_callback,
             self.last_checkpoint,
@@ -136,7 +155,7 @@ class APMCLI(LightningCLI):
                     metrics[key[4:]] = float(value)
         root = Path(self.config_init["fit"].trainer.default_root_dir)
         results = {
-            "task": getattr(getattr(self.model, "glue_task", None), "name", None),
+            "task": getattr(self.model, "task_name", None),
             "metrics": metrics,
             **self.throughput.summary(),
             "peak_rss_mb": peak_rss_mb(),
@@ -219,7 +238,6 @@ def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
 
 
 def run_lightning_cli(args: list[str]) -> APMCLI:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     return APMCLI(
         model_class=pl.LightningModule,
         datamodule_class=pl.LightningDataModule,

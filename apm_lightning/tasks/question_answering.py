@@ -1,0 +1,331 @@
+"""Extractive question answering (SQuAD v1.1 / v2.0) as a LightningModule.
+
+``QuestionAnsweringModule`` wraps ``AutoModelForQuestionAnswering``: any encoder, and the
+decoders for which transformers has a span head (GPT-2, Llama, Qwen, ...), from a pretrained
+folder or hub name, the ``minilm`` package, an apm-pretrained export (a Hugging Face folder), or
+a config to train from scratch. Answers are decoded as the reference implementations do
+(:func:`postprocess`) and scored as the official scripts do (``apm_lightning.metrics.squad``).
+
+Scores (``val/...``, and ``results.json``): ``exact``, ``f1`` and ``main`` = their mean, which
+picks the best checkpoint. For v2.0 the model answers ``""`` when its null-score difference is
+above a threshold; the threshold is the official ``best_f1_thresh`` chosen on the validation
+questions at every validation, so ``exact``/``f1`` are those of the thresholded predictions
+(``f1`` = the script's ``best_f1``, the number SQuAD 2.0 papers report) and ``null_threshold``,
+``HasAns_*``, ``NoAns_*`` and ``best_exact`` are logged beside them. The threshold is kept in the
+checkpoint and used by ``apm predict`` and ``apm test``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from apm_lightning.errors import APMError
+from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
+from apm_lightning.tasks.classification import GlueTaskModule, TransformerClassifier
+
+# One evaluation feature: (question index, context offsets, start logits, end logits).
+Feature = tuple[int, list, np.ndarray, np.ndarray]
+
+
+def postprocess(
+    examples: Sequence, features: Iterable[Feature], n_best_size: int = 20, max_answer_length: int = 30
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Best answer text and null-score difference per question, as the reference code decodes.
+
+    Per window, the ``n_best_size`` highest start and end logits are paired; pairs outside the
+    context, reversed, or longer than ``max_answer_length`` tokens are dropped; the best
+    remaining pair over all windows is the answer, cut from the original context by character
+    offsets. The null score is the lowest ``start[0] + end[0]`` over the windows; the
+    difference (null minus best span score, the official "null odds") decides v2.0 no-answers.
+    """
+    by_question: dict[int, list[Feature]] = defaultdict(list)
+    for feature in features:
+        by_question[feature[0]].append(feature)
+    answers, null_odds = {}, {}
+    for index, windows in by_question.items():
+        example = examples[index]
+        # Windows in text order, so that ties resolve as in the reference (first window wins).
+        windows.sort(key=lambda f: next((o[0] for o in f[1] if o is not None), 0))
+        best_score, best_span, null_score = -np.inf, None, np.inf
+        for _, offsets, start, end in windows:
+            null_score = min(null_score, float(start[0] + end[0]))
+            valid = np.array([o is not None for o in offsets])
+            starts = np.argsort(start)[::-1][:n_best_size]
+            ends = np.argsort(end)[::-1][:n_best_size]
+            s, e = np.meshgrid(starts, ends, indexing="ij")
+            ok = valid[s] & valid[e] & (e >= s) & (e - s + 1 <= max_answer_length)
+            if not ok.any():
+                continue
+            scores = np.where(ok, start[s] + end[e], -np.inf)
+            k = np.unravel_index(int(np.argmax(scores)), scores.shape)
+            if scores[k] > best_score:
+                best_score = float(scores[k])
+                best_span = (offsets[s[k]][0], offsets[e[k]][1])
+        answers[example.id] = example.context[best_span[0] : best_span[1]] if best_span else ""
+        null_odds[example.id] = null_score - best_score  # +inf when no span was possible
+    return answers, null_odds
+
+
+def build_qa_network(backbone: str | None, backbone_config: dict[str, Any] | None, trust_remote_code: bool):
+    """``AutoModelForQuestionAnswering`` from pretrained weights or from a config."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    from apm_lightning.models.backbones import resolve_backbone
+
+    if backbone_config is not None:
+        settings = dict(backbone_config)
+        model_type = settings.pop("model_type", None)
+        if model_type is None:
+            raise APMError("backbone_config needs a model_type (e.g. bert, gpt2, roberta)")
+        config = AutoConfig.for_model(model_type, **settings)
+    elif backbone is None:
+        raise APMError("set model.backbone (a path, a hub name or 'minilm') or model.backbone_config")
+    else:
+        backbone = resolve_backbone(backbone)
+        config = AutoConfig.from_pretrained(backbone, trust_remote_code=trust_remote_code)
+    if config.model_type not in MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES and not trust_remote_code:
+        raise APMError(f"transformers has no question-answering head for model type {config.model_type!r}")
+    if backbone is None:
+        return AutoModelForQuestionAnswering.from_config(config)
+    # The "newly initialized qa_outputs" report is expected for fine-tuning; keep logs readable.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        net = AutoModelForQuestionAnswering.from_pretrained(backbone, trust_remote_code=trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # from_pretrained returns eval mode and Lightning keeps a submodule's mode: without this,
+    # fine-tuning would silently run with dropout off.
+    return net.train()
+
+
+class QuestionAnsweringModule(pl.LightningModule):
+    """Span extraction for SQuAD v1.1 and v2.0.
+
+    Args:
+        backbone: a local model folder (an apm export too), a hub name, or ``minilm``.
+        backbone_config: train from scratch with this config instead (``{model_type: bert, ...}``).
+        tokenizer: tokenizer path/name when it differs from the backbone (needed with
+            ``backbone_config``).
+        learning_rate / weight_decay / warmup_ratio / warmup_steps / adam_epsilon: AdamW with
+            BERT's no-decay groups and linear warm-up and decay (as the GLUE models).
+        n_best_size / max_answer_length: answer decoding (see :func:`postprocess`).
+        trust_remote_code: allow a hub model's own Python code (off unless asked for).
+    """
+
+    identity_keys = ("backbone", "backbone_config")
+    checkpoint_monitor = ("val/main", "max")
+
+    def __init__(
+        self,
+        backbone: str | None = "minilm",
+        backbone_config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        warmup_steps: int | None = None,
+        adam_epsilon: float = 1e-8,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if backbone_config is not None:
+            self.hparams.backbone = None  # a config means: from scratch, whatever the default
+        # The head does not depend on the data, so the network is built here (and a checkpoint
+        # loads without data); the SQuAD version comes from the data or the checkpoint.
+        self.net = build_qa_network(self.hparams.backbone, backbone_config, trust_remote_code)
+        self.version: int | None = None
+        self.null_threshold = 0.0  # v2.0: answer "" above this null-score difference
+        self.encoder = None
+        self._features: list[Feature] = []
+
+    # The tokenizer and optimiser recipes are the GLUE Transformer's (same hyper-parameter names).
+    tokenizer_source = TransformerClassifier.tokenizer_source
+    load_tokenizer = TransformerClassifier.load_tokenizer
+    configure_optimizers = GlueTaskModule.configure_optimizers
+
+    @property
+    def task_name(self) -> str | None:
+        return f"squad_v{self.version}" if self.version else None
+
+    def build_encoder(self, datamodule) -> Any:
+        from apm_lightning.data.encoders import JointPairEncoder
+
+        self.encoder = JointPairEncoder(self.load_tokenizer())
+        return self.encoder
+
+    # --- set-up ------------------------------------------------------------------------
+    def _bind_version(self, version: int) -> None:
+        # A v2.0 model also answers v1.1 questions; a v1.1 model never learned to abstain.
+        if self.version is None or self.version == version:
+            self.version = version
+        elif self.version == 1:
+            raise APMError("this model was trained on SQuAD v1.1 but the data is v2.0; train a v2.0 model")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "squad_version"):
+            self._bind_version(datamodule.squad_version)
+            self.encoder = getattr(datamodule, "encoder", None) or self.encoder
+        if self.version is None:
+            raise APMError("the model has no SQuAD version: give it a SQuADDataModule")
+        if self.encoder is not None:
+            tokenizer = self.encoder.tokenizer
+            if len(tokenizer) > self.net.config.vocab_size:
+                raise APMError(
+                    f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                    f"{self.net.config.vocab_size}; raise backbone_config.vocab_size or change tokenizer"
+                )
+            self.net.config.pad_token_id = tokenizer.pad_token_id
+
+    # --- training and evaluation -----------------------------------------------------------
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        keys = ["input_ids", "attention_mask"]
+        # Segment ids only for networks that take them (DistilBERT and Llama do not).
+        if "token_type_ids" in inspect.signature(self.net.forward).parameters:
+            keys.append("token_type_ids")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(**self._inputs(batch))
+        return out.start_logits, out.end_logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # The head's loss: mean of start and end cross-entropy (positions past the input ignored).
+        loss = self.net(
+            **self._inputs(batch),
+            start_positions=batch["start_positions"],
+            end_positions=batch["end_positions"],
+        ).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _collect(self, batch: dict[str, Any]) -> list[Feature]:
+        start, end = (t.float().cpu().numpy() for t in self(batch))
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [
+            (int(index), offsets, start[i, :n], end[i, :n])
+            for i, (index, offsets, n) in enumerate(
+                zip(batch["example_index"].tolist(), batch["offset_mapping"], lengths, strict=True)
+            )
+        ]
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._features.extend(self._collect(batch))
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._features.extend(self._collect(batch))
+
+    def _questions(self, split: str) -> Sequence:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "examples"):
+            raise APMError("question answering needs a SQuADDataModule (it holds the contexts)")
+        return datamodule.examples(split)
+
+    def _score(self, prefix: str, tune_threshold: bool) -> None:
+        features, self._features = self._features, []
+        if self.trainer.sanity_checking or not features:
+            return  # a partial pass: decoding would score unseen questions as wrong
+        examples = self._questions("validation")
+        answers, null_odds = postprocess(
+            examples, features, self.hparams.n_best_size, self.hparams.max_answer_length
+        )
+        # Only questions that had features (all of them unless validation batches are limited).
+        golds = {ex.id: list(ex.answers) for ex in examples if ex.id in answers}
+        if self.version == 1:
+            scores = squad_v1_scores(golds, answers)
+        elif tune_threshold:
+            scores, self.null_threshold = squad_v2_tuned(golds, answers, null_odds)
+        else:
+            final = {q: "" if null_odds[q] > self.null_threshold else a for q, a in answers.items()}
+            scores = squad_v2_scores(golds, final)
+            best = squad_v2_scores(golds, answers, null_odds)
+            scores.update({k: v for k, v in best.items() if k.startswith("best_")})
+        values = {f"{prefix}/{k}": float(v) for k, v in scores.items() if not k.endswith("total")}
+        if self.version == 2:
+            values[f"{prefix}/null_threshold"] = float(self.null_threshold)
+        values[f"{prefix}/main"] = (scores["exact"] + scores["f1"]) / 2
+        self.log_dict(values, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val", tune_threshold=True)
+
+    def on_test_epoch_end(self) -> None:
+        # Test scores use the threshold chosen on validation, never one tuned on test data.
+        self._score("test", tune_threshold=False)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return {"split": "predict", "features": self._collect(batch)}
+
+    def write_predictions(self, groups: list[list[dict]], out_dir: Path) -> list[Path]:
+        """``predictions.json`` ({question id: answer text}, the official format) and, for
+        v2.0, ``null_odds.json`` ({question id: null-score difference}) for the official
+        script's ``--na-prob-file``."""
+        from apm_lightning.training.results import write_json_atomic
+
+        examples = self._questions("predict")
+        features = [f for outputs in groups for out in outputs for f in out["features"]]
+        answers, null_odds = postprocess(
+            examples, features, self.hparams.n_best_size, self.hparams.max_answer_length
+        )
+        order = [ex.id for ex in examples if ex.id in answers]  # the file's question order
+        if self.version == 2:
+            answers = {q: "" if null_odds[q] > self.null_threshold else answers[q] for q in order}
+        written = [write_json_atomic(out_dir / "predictions.json", {q: answers[q] for q in order})]
+        if self.version == 2:
+            odds = {q: null_odds[q] for q in order}
+            written.append(write_json_atomic(out_dir / "null_odds.json", odds))
+        return written
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint["apm"] = {
+            "module": f"{cls.__module__}.{cls.__qualname__}",
+            "task": self.task_name,
+            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
+            "null_threshold": self.null_threshold,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("apm")
+        if info is None:
+            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
+        cls = type(self)
+        if info["module"] != f"{cls.__module__}.{cls.__qualname__}":
+            raise APMError(
+                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
+                f"{cls.__qualname__}; use the config it was trained with"
+            )
+        for key, value in info.get("identity", {}).items():
+            if self.hparams.get(key) != value:
+                raise APMError(
+                    f"the checkpoint's {key} is {value!r} but this run's is "
+                    f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
+                )
+        task = info.get("task")
+        if task and self.version == 2 and task == "squad_v1":
+            raise APMError(
+                "the checkpoint was trained on SQuAD v1.1 but the data is v2.0; train a v2.0 model"
+            )
+        if task:
+            self.version = int(task[-1])
+        self.null_threshold = float(info.get("null_threshold", 0.0))
+
+    def export_hf(self, out_dir: str) -> None:
+        """Save a folder that ``AutoModelForQuestionAnswering.from_pretrained`` loads."""
+        self.net.save_pretrained(out_dir, safe_serialization=True)
+        self.load_tokenizer().save_pretrained(out_dir)

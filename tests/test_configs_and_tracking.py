@@ -1,0 +1,255 @@
+"""Every config in experiments/ runs a few steps; W&B auto mode; the tokenization cache; demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from apm_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE = REPO.parent / "shared" / "data" / "glue"
+FIXTURE_TASKS = {"stsb", "qqp", "mnli", "qnli"}
+
+pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
+    monkeypatch.delenv("APM_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def fixture_glue(tmp_path_factory) -> Path:
+    from test_cli_glue import write_fixture_glue
+
+    return write_fixture_glue(tmp_path_factory.mktemp("glue-fixtures"))
+
+
+QUICK = [
+    "--data.max_train_samples",
+    "8",
+    "--data.max_eval_samples",
+    "8",
+    "--data.batch_size",
+    "4",
+    "--data.max_seq_length",
+    "32",
+    "--trainer.max_steps",
+    "2",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--wandb_mode",
+    "disabled",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
+
+
+SQUAD = REPO.parent / "shared" / "data" / "squad"
+
+
+def experiment_runs() -> list[tuple[str, ...]]:
+    """Each task config as it is (MiniLM), and each model config composed with a task: SST-2,
+    or SQuAD v1.1 for question-answering models (``*_qa.yaml``)."""
+    runs = [(str(p),) for p in sorted((REPO / "experiments").glob("[!m]*/*.yaml"))]
+    for model in sorted((REPO / "experiments" / "models").glob("*.yaml")):
+        task = "squad/v1.yaml" if model.stem.endswith("_qa") else "glue/sst2.yaml"
+        runs.append((str(REPO / "experiments" / task), str(model)))
+    return runs
+
+
+def data_args(config: Path, fixture_glue: Path) -> list[str]:
+    if config.parent.name == "squad":
+        train = SQUAD / (
+            "v1.1/dev-v1.1.json" if config.stem == "v1" else "v2.0/train-v2.0.first11articles.json"
+        )
+        return [
+            "--data.train_file",
+            str(train),
+            "--data.split_by_article",
+            "2",
+            "--data.max_seq_length",
+            "128",
+            "--data.doc_stride",
+            "32",
+        ]
+    return ["--data.data_dir", str(fixture_glue if config.stem in FIXTURE_TASKS else GLUE)]
+
+
+def test_every_experiment_config_is_covered():
+    covered = {Path(c) for run in experiment_runs() for c in run}
+    assert covered == set((REPO / "experiments").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("configs", experiment_runs(), ids=lambda c: "+".join(Path(x).stem for x in c))
+def test_experiment_config_runs(configs, tmp_path, fixture_glue):
+    args = [a for c in configs for a in ("-c", c)]
+    quick = [a for a in QUICK if a != "32"] if Path(configs[0]).parent.name == "squad" else QUICK
+    if quick is not QUICK:
+        quick.remove("--data.max_seq_length")
+    rc = main(
+        [
+            "fit",
+            *args,
+            *data_args(Path(configs[0]), fixture_glue),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *quick,
+        ]
+    )
+    assert rc == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["global_step"] == 2 and "main" in results["metrics"]
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(REPO / "experiments/glue/cola.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "task: cola" in printed and "backbone: minilm" in printed
+
+
+def test_wandb_auto_mode_goes_offline_fast(monkeypatch):
+    from apm_lightning.training.loggers import resolve_wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    start = time.perf_counter()
+    assert resolve_wandb_mode("auto") == "offline"
+    assert time.perf_counter() - start < 3.0
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode("auto") == "disabled"
+
+
+def test_wandb_offline_run_is_written_to_disk(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "experiments/glue/rte.yaml"),
+        "-c",
+        str(REPO / "experiments/models/tiny_bert.yaml"),
+        "--data.data_dir",
+        str(GLUE),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *QUICK,
+    ]
+    args[args.index("disabled")] = "offline"
+    assert main(args) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no data for `wandb sync`"
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_tokenization_is_cached(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from apm_lightning.data.encoders import JointPairEncoder
+    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.models.backbones import minilm_path
+
+    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    class CountingEncoder(JointPairEncoder):
+        def encode(self, *args, **kwargs):
+            calls.append(1)
+            return super().encode(*args, **kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    first = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
+    first.encoder = CountingEncoder(tokenizer)
+    first.setup("fit")
+    assert len(calls) == 2  # train and validation
+    second = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
+    second.encoder = CountingEncoder(tokenizer)
+    second.setup("fit")
+    assert len(calls) == 2  # nothing tokenized again
+    assert second.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
+    assert len(second.datasets["train"]) == 200 and len(second.datasets["validation"]) == 277
+    # Another truncation length is another cache entry.
+    third = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200, max_seq_length=64)
+    third.encoder = CountingEncoder(tokenizer)
+    third.setup("fit")
+    assert len(calls) == 4
+    assert max(len(x) for x in third.datasets["train"]["input_ids"]) == 64
+
+
+def test_ax_is_predicted_with_an_mnli_model(tmp_path, fixture_glue):
+    common = [
+        "-c",
+        str(REPO / "experiments/glue/mnli.yaml"),
+        "-c",
+        str(REPO / "experiments/models/tiny_bert.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *QUICK,
+    ]
+    assert main(["fit", *common, "--data.data_dir", str(fixture_glue)]) == 0
+    ckpt = json.loads((tmp_path / "results.json").read_text())["best_checkpoint"]
+    assert (
+        main(["predict", *common, "--data.task", "ax", "--data.data_dir", str(GLUE), "--ckpt_path", ckpt])
+        == 0
+    )
+    lines = (tmp_path / "predictions" / "ax_test.tsv").read_text().splitlines()
+    assert len(lines) == 1105 and lines[0] == "index\tprediction"
+    assert {x.split("\t")[1] for x in lines[1:]} <= {"entailment", "neutral", "contradiction"}
+
+
+def test_bilstm_export_is_refused_clearly(tmp_path, capsys):
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "experiments/glue/rte.yaml"),
+        "-c",
+        str(REPO / "experiments/models/bilstm.yaml"),
+        "--data.data_dir",
+        str(GLUE),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        *QUICK,
+    ]
+    assert main(args) == 0
+    assert main(["export", str(tmp_path / "run/checkpoints/last.ckpt"), str(tmp_path / "hf")]) == 2
+    assert "no Hugging Face form" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_demo_runs_offline_on_synthetic_data(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(tmp_path / "demo"),
+                "--train-rows",
+                "64",
+                "--eval-rows",
+                "32",
+                "--backbone",
+                "minilm",
+                "--wandb_mode",
+                "disabled",
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "synthetic SST-2-style task" in out
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["task"] == "sst2" and results["train_examples"] == 64
+    assert out.strip().splitlines()[-1] == str((tmp_path / "demo" / "results.json").resolve())
