@@ -28,6 +28,14 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 GLUE = DATA / "glue"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory, monkeypatch):
+    """Each test gets the session's private tokenization cache and no $APM_DATA_DIR, so data
+    comes only from where the test points."""
+    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
+    monkeypatch.delenv("APM_DATA_DIR", raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """``<shared>/data``; tests needing it skip when it is absent."""

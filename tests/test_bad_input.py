@@ -20,12 +20,6 @@ BILSTM = str(REPO / "experiments" / "models" / "bilstm.yaml")
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
-    monkeypatch.delenv("APM_DATA_DIR", raising=False)
-
-
 def run_fit(task: str, data_dir: Path, run_dir: Path, *extra, model: str = TINY) -> int:
     return main(
         [

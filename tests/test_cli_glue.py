@@ -19,12 +19,6 @@ LOCAL_TASKS = ("cola", "sst2", "mrpc", "rte", "wnli")
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
-    monkeypatch.delenv("APM_DATA_DIR", raising=False)
-
-
 def write_fixture_glue(root: Path) -> Path:
     """STS-B, QQP, MNLI and QNLI in their published layouts (they are not in ../shared)."""
     rows = [

@@ -17,12 +17,6 @@ FIXTURE_TASKS = {"stsb", "qqp", "mnli", "qnli"}
 pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
-    monkeypatch.delenv("APM_DATA_DIR", raising=False)
-
-
 @pytest.fixture(scope="module")
 def fixture_glue(tmp_path_factory) -> Path:
     from test_cli_glue import write_fixture_glue

@@ -33,12 +33,6 @@ TINY_QA = str(REPO / "experiments" / "models" / "tiny_bert_qa.yaml")
 needs_data = pytest.mark.skipif(not (V1.is_file() and V2.is_file()), reason="../shared/data/squad is missing")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
-    monkeypatch.delenv("APM_DATA_DIR", raising=False)
-
-
 # ------------------------------------------------------------------ scoring by hand
 def test_normalization_rules():
     assert normalize_answer("The Denver Broncos") == "denver broncos"  # case, article

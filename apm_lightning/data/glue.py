@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
+from apm_lightning.data.cache import cached_dataset, default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GlueTask, get_task
@@ -31,10 +30,6 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "local", "hub", "files", "synthetic")
 HUB_DATASET = "nyu-mll/glue"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("APM_CACHE_DIR", Path.home() / ".cache" / "apm_lightning"))
 
 
 class GLUEDataModule(pl.LightningDataModule):
@@ -279,23 +274,14 @@ class GLUEDataModule(pl.LightningDataModule):
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
     def _tokenized(self, split: str):
-        import datasets
-
         raw = self.raw_split(split)
         path = self.cache_dir / "tokenized" / f"{self.task.name}-{split}-{self._cache_key(split)}"
-        if path.is_dir():
-            try:
-                return datasets.load_from_disk(str(path))
-            except Exception:  # a damaged cache entry is rebuilt, never trusted
-                shutil.rmtree(path, ignore_errors=True)
-        encoded = self.encoder.encode(raw["text_a"], raw.get("text_b"), self.max_seq_length)
-        columns = {**encoded, "idx": raw["idx"], "label": raw["label"]}
-        dataset = datasets.Dataset.from_dict(columns)
-        # Write to a temporary folder and rename, so an interrupted run never leaves half a cache.
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        dataset.save_to_disk(str(tmp))
-        os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp, ignore_errors=True)
-        return datasets.load_from_disk(str(path))
+
+        def build() -> dict[str, list]:
+            encoded = self.encoder.encode(raw["text_a"], raw.get("text_b"), self.max_seq_length)
+            return {**encoded, "idx": raw["idx"], "label": raw["label"]}
+
+        return cached_dataset(path, build)
 
     def setup(self, stage: str) -> None:
         if self.encoder is None:

@@ -32,19 +32,17 @@ def hub_offline_requested() -> bool:
     )
 
 
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when the hub answers a TCP connection within ``timeout`` seconds.
+def tcp_reachable(host: str, port: int = 443, timeout: float = 1.5) -> bool:
+    """True when ``host:port`` accepts a TCP connection within ``timeout`` seconds.
 
     DNS resolution can hang far longer than a socket timeout, so the whole check runs in a
     daemon thread that we stop waiting for.
     """
-    if hub_offline_requested():
-        return False
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            with socket.create_connection((host, port), timeout=timeout):
                 result.append(True)
         except OSError:
             result.append(False)
@@ -53,6 +51,11 @@ def hub_reachable(timeout: float = 1.5) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(result and result[0])
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """True when the Hugging Face hub answers (and offline mode is not set)."""
+    return not hub_offline_requested() and tcp_reachable(HUB_HOST, 443, timeout)
 
 
 def hub_unreachable_error(what: str, hint: str) -> APMError:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
+from apm_lightning.data.cache import cached_dataset, default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator
-from apm_lightning.data.glue import default_cache_dir
 from apm_lightning.errors import APMError
 
 SOURCES = ("auto", "files", "local", "hub")
@@ -513,7 +511,7 @@ class SQuADDataModule(pl.LightningDataModule):
                 offsets=not train,
             )
 
-        return _cached(path, build)
+        return cached_dataset(path, build)
 
     def setup(self, stage: str) -> None:
         if self.encoder is None:
@@ -566,20 +564,3 @@ class SQuADDataModule(pl.LightningDataModule):
             collate_fn=QACollator(self.encoder.pad_values),
             num_workers=self.num_workers,
         )
-
-
-def _cached(path: Path, build: Callable[[], dict[str, list]]) -> Any:
-    """Load a tokenized split from ``path`` or build and save it there (as GLUEDataModule: to a
-    temporary folder renamed into place, so an interrupted run never leaves half a cache)."""
-    import datasets
-
-    if path.is_dir():
-        try:
-            return datasets.load_from_disk(str(path))
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            shutil.rmtree(path, ignore_errors=True)
-    dataset = datasets.Dataset.from_dict(build())
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    dataset.save_to_disk(str(tmp))
-    os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(path))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import socket
-import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,19 +30,9 @@ def wandb_credentials_present() -> bool:
 
 
 def wandb_server_reachable(timeout: float = 2.0) -> bool:
-    result: list[bool] = []
+    from apm_lightning.data.sources import tcp_reachable
 
-    def probe() -> None:
-        try:
-            with socket.create_connection((_wandb_host(), 443), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return tcp_reachable(_wandb_host(), 443, timeout)
 
 
 def resolve_wandb_mode(mode: str = "auto") -> str:

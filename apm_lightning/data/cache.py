@@ -1,0 +1,37 @@
+"""The on-disk cache of tokenized splits, shared by every data module.
+
+An entry is a ``datasets`` folder (memory-mapped Arrow) named by a hash of everything that
+decides its content; it is written to a temporary folder and renamed into place, so an
+interrupted run never leaves half an entry, and a damaged entry is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("APM_CACHE_DIR", Path.home() / ".cache" / "apm_lightning"))
+
+
+def cached_dataset(path: Path, build: Callable[[], dict[str, list]]) -> Any:
+    """Load the dataset at ``path``, or build its columns, save them there and load them."""
+    import datasets
+
+    if path.is_dir():
+        try:
+            return datasets.load_from_disk(str(path))
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            shutil.rmtree(path, ignore_errors=True)
+    dataset = datasets.Dataset.from_dict(build())
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    dataset.save_to_disk(str(tmp))
+    if path.exists():  # another process finished first: keep its entry
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return datasets.load_from_disk(str(path))
