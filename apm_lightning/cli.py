@@ -22,6 +22,11 @@ commands:
   predict    write predictions as TSV:        apm predict -c CONFIG --ckpt_path CKPT
   export     checkpoint -> Hugging Face folder:  apm export CKPT OUT_DIR [--overwrite]
   demo       a short fine-tuning demo that prints a results table
+  glue       one model over the GLUE tasks and seeds, GLUE score, submission zip:
+             apm glue --model minilm --tasks cola,rte --seeds 3 --data-dir DIR --out OUT
+  report     tables (Markdown, CSV, W&B) and plots from run dirs:  apm report RUN_DIRS...
+  sweep      Optuna search (shared database, pruning) or a W&B sweep file:
+             apm sweep -c experiments/sweeps/sst2_minilm.yaml --n-trials 20 [--storage URL]
 
 Every training command takes --help for its options. Errors print one line; set APM_DEBUG=1
 (or pass --debug) for the full traceback.
@@ -66,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
             from apm_lightning.demo import demo_main
 
             demo_main(rest)
+        elif command == "glue":
+            from apm_lightning.runners.glue import glue_main
+
+            glue_main(rest)
+        elif command == "report":
+            from apm_lightning.reports.report import report_main
+
+            report_main(rest)
+        elif command == "sweep":
+            from apm_lightning.runners.sweep import sweep_main
+
+            sweep_main(rest)
         else:
             print(f"apm: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
             return 2

@@ -30,8 +30,10 @@ def cached_dataset(path: Path, build: Callable[[], dict[str, list]]) -> Any:
     dataset = datasets.Dataset.from_dict(build())
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     dataset.save_to_disk(str(tmp))
-    if path.exists():  # another process finished first: keep its entry
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
+    try:
         os.replace(tmp, path)
+    except OSError:  # another process (a rank of the same run) finished first: keep its entry
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.is_dir():
+            raise
     return datasets.load_from_disk(str(path))

@@ -2,15 +2,17 @@
 
 The sampler draws its order from ``seed + epoch`` alone, never from the global RNG, so a resumed
 run sees the same batches as an uninterrupted one, and every rank of a distributed run agrees on
-the order before taking its own share.
+the order before taking its own share. ``ResumableLoader`` records how far into the epoch training
+got, so a run resumed from a mid-epoch checkpoint continues with the next unseen batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class PadCollator:
@@ -51,7 +53,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     similar length and pads little (the scheme of the Hugging Face Trainer's
     ``group_by_length``). Evaluation (``shuffle=False``): rows sorted by length, longest first,
     which pads least; predictions carry their index, so order does not matter.
-    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch of the shared order.
+    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch of the shared order:
+    in training the uneven tail is dropped (every rank must run the same number of steps); in
+    evaluation every row is kept, and batches shrink if needed so that every rank gets one
+    (metrics are synced across ranks at the end, so ranks may differ by a batch).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        # Batches of the current epoch to skip, once: set by ResumableLoader on a mid-epoch resume.
+        self.start = 0
         # Lightning calls set_epoch on ``batch_sampler.sampler``; point it back at us.
         self.sampler = self
 
@@ -81,8 +88,16 @@ class EpochBatchSampler(Sampler[list[int]]):
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
 
+    def _batch_size(self) -> int:
+        if self.shuffle or self.num_replicas == 1:
+            return self.batch_size
+        # Evaluation across ranks: a rank without a batch would skip the epoch-end metric sync
+        # that the others wait in (Lightning refuses such loaders anyway).
+        return max(1, min(self.batch_size, -(-len(self.lengths) // self.num_replicas)))
+
     def _batches(self) -> list[list[int]]:
         n = len(self.lengths)
+        size = self._batch_size()
         if not self.shuffle:
             order = sorted(range(n), key=lambda i: -self.lengths[i])
         else:
@@ -98,8 +113,8 @@ class EpochBatchSampler(Sampler[list[int]]):
                     for start in range(0, n, mega)
                     for i in sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
                 ]
-        batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+        batches = [order[s : s + size] for s in range(0, n, size)]
+        if self.drop_last and batches and len(batches[-1]) < size:
             batches.pop()
         if self.shuffle and self.group_by_length and len(batches) > 1:
             # Shuffle the grouped batches (no long-to-short sweep through each mega-batch), then
@@ -110,19 +125,61 @@ class EpochBatchSampler(Sampler[list[int]]):
             longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
             batches.insert(0, batches.pop(longest))
         if self.num_replicas > 1:
-            # Every rank must run the same number of steps, so drop the uneven tail.
-            usable = len(batches) - len(batches) % self.num_replicas
+            # Training: every rank must run the same number of steps, so drop the uneven tail.
+            usable = len(batches) - len(batches) % self.num_replicas if self.shuffle else len(batches)
             batches = batches[self.rank : usable : self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the order is drawn at the first batch, not when the iterator is made,
         # because a resumed Lightning run makes the iterator before it calls set_epoch.
-        yield from self._batches()
+        start, self.start = self.start, 0
+        yield from self._batches()[start:]
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        count = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        size = self._batch_size()
+        count = n // size if self.drop_last else -(-n // size)
         if self.num_replicas > 1:
-            count //= self.num_replicas
+            count = (
+                count // self.num_replicas
+                if self.shuffle
+                else len(range(self.rank, count, self.num_replicas))
+            )
         return count
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: an ``EpochBatchSampler`` loader whose position is checkpointed.
+
+    ``state_dict`` is (epoch, batches served in it); after ``load_state_dict`` (by Lightning, and
+    by the CLI's ``LoaderPosition`` callback, which covers the cases Lightning misses) the
+    sampler skips the batches already trained on, so a mid-epoch resume neither skips a row nor
+    sees one twice.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, EpochBatchSampler):
+            raise TypeError("ResumableLoader needs an EpochBatchSampler as batch_sampler")
+        self._epoch = 0
+        self._served = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator too: the epoch is read at the first batch, after Lightning set it.
+        sampler = self.batch_sampler
+        resume, self._resume = self._resume, None
+        self._epoch = sampler.epoch
+        # A checkpoint written at the end of an epoch resumes at the next epoch: nothing to skip.
+        self._served = resume[1] if resume and resume[0] == sampler.epoch else 0
+        sampler.start = self._served
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))

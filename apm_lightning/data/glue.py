@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
 from apm_lightning.data.cache import cached_dataset, default_cache_dir
-from apm_lightning.data.collate import EpochBatchSampler, PadCollator
+from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.errors import APMError
@@ -305,10 +305,11 @@ class GLUEDataModule(pl.LightningDataModule):
             shuffle=train,
             group_by_length=train and self.group_by_length,
             seed=torch.initial_seed() % (2**31) if train else 0,
-            num_replicas=world if train else 1,
-            rank=rank if train else 0,
+            # Evaluation is sharded too: each rank scores its share, torchmetrics syncs the states.
+            num_replicas=world,
+            rank=rank,
         )
-        return DataLoader(
+        return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_sampler=sampler,
             collate_fn=PadCollator(self.encoder.pad_values, regression=self.task.is_regression),

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
 from apm_lightning.data.cache import cached_dataset, default_cache_dir
-from apm_lightning.data.collate import EpochBatchSampler, PadCollator
+from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
 from apm_lightning.errors import APMError
 
 SOURCES = ("auto", "files", "local", "hub")
@@ -526,7 +526,8 @@ class SQuADDataModule(pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # Evaluation features carry their question's index and offsets, so the sampler may
-        # order them by length (less padding) and they still map back.
+        # order them by length (less padding) and they still map back. Every rank evaluates all
+        # features: the scoring decodes whole questions, which a shard would split.
         sampler = EpochBatchSampler(
             [len(x) for x in dataset["input_ids"]],
             self.batch_size if train else self.eval_batch_size,
@@ -535,7 +536,7 @@ class SQuADDataModule(pl.LightningDataModule):
             num_replicas=world if train else 1,
             rank=rank if train else 0,
         )
-        return DataLoader(
+        return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_sampler=sampler,
             collate_fn=QACollator(self.encoder.pad_values),

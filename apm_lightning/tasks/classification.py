@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.errors import APMError
@@ -97,14 +98,15 @@ class GlueTaskModule(pl.LightningModule):
             raise APMError("the model has no task: give it a GLUE data module or model.task")
         if self.net is None:
             self.net = self.build_network()
-        self._metrics = nn.ModuleDict(
-            {
-                split: build_glue_metrics(self.glue_task)
-                for splits in self.eval_splits.values()
-                for split in splits
-                if self.glue_task.splits.get(split, None) is None or self.glue_task.splits[split].labelled
-            }
-        )
+        scored = {
+            split
+            for splits in self.eval_splits.values()
+            for split in splits
+            if self.glue_task.splits.get(split, None) is None or self.glue_task.splits[split].labelled
+        }
+        self._metrics = nn.ModuleDict({split: build_glue_metrics(self.glue_task) for split in scored})
+        # The loss as a metric too: a row-weighted mean that torchmetrics syncs across ranks.
+        self._losses = nn.ModuleDict({split: MeanMetric() for split in scored})
 
     # --- training and evaluation -----------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,12 +125,7 @@ class GlueTaskModule(pl.LightningModule):
         labels = batch["label"]
         if split not in self._metrics:
             raise APMError(f"split {split!r} has no labels to score; use apm predict for it")
-        self.log(
-            f"{prefix}/loss{_split_suffix(split)}",
-            self.loss(logits, labels),
-            batch_size=labels.shape[0],
-            add_dataloader_idx=False,
-        )
+        self._losses[split].update(self.loss(logits, labels), weight=labels.shape[0])
         self._metrics[split].update(predictions_from_logits(self.glue_task, logits), labels)
         self._updated.add(split)
 
@@ -136,13 +133,19 @@ class GlueTaskModule(pl.LightningModule):
         values: dict[str, float] = {}
         mains = []
         for split in self.eval_splits[stage]:
-            if split not in self._updated:
+            updated = split in self._updated
+            if self.trainer.world_size > 1:
+                # compute() syncs across ranks: every rank must take part, or none.
+                updated = self.trainer.strategy.reduce_boolean_decision(updated, all=False)
+            if not updated:
                 continue
             self._updated.discard(split)
             collection = self._metrics[split]
             computed = {k: float(v) for k, v in collection.compute().items()}
             collection.reset()
             mains.append(main_score(computed, self.glue_task))
+            values[f"{prefix}/loss{_split_suffix(split)}"] = float(self._losses[split].compute())
+            self._losses[split].reset()
             for name, value in computed.items():
                 values[f"{prefix}/{name}{_split_suffix(split)}"] = value
         if mains:

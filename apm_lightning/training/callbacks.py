@@ -1,4 +1,5 @@
-"""Callbacks of the trainer layer: per-step reseeding for exact resume, throughput, predictions."""
+"""Callbacks of the trainer layer: per-step reseeding for exact resume, a stop on a non-finite loss,
+throughput, predictions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from apm_lightning.errors import APMError
 
 
 class StepSeeder(pl.Callback):
@@ -27,7 +30,35 @@ class StepSeeder(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
         seen = trainer.fit_loop.epoch_loop.batch_progress.total.ready
-        torch.manual_seed(self.base_seed * 1_000_003 + seen)
+        # Each rank draws its own dropout masks (rank 0 keeps the single-process seeds).
+        torch.manual_seed(self.base_seed * 1_000_003 + seen + (trainer.global_rank << 52))
+
+
+class NonFiniteLossStop(pl.Callback):
+    """Stop the run when the training loss becomes NaN or infinite, before the backward pass,
+    so the weights and ``last.ckpt`` keep their last good values."""
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module, loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:  # every rank must stop, or the others wait for it forever
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        from apm_lightning.training.checkpointing import LastCheckpoint
+
+        saved = [c.saved_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
+        where = next((p for p in saved if p), None)
+        value = "nan" if torch.isnan(loss).any() else "infinite"
+        raise APMError(
+            f"the training loss became {value} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); stopped before the update. "
+            + (
+                f"The last good checkpoint is {where} (resume with --ckpt_path last, e.g. with a "
+                "lower --model.learning_rate or --trainer.gradient_clip_val 1.0)"
+                if where
+                else "No checkpoint was saved yet."
+            )
+        )
 
 
 def _batch_size_and_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -72,14 +103,21 @@ class ThroughputCallback(pl.Callback):
             pl_module.log("train/examples_per_sec", self.examples / self.train_seconds)
             pl_module.log("train/tokens_per_sec", self.tokens / self.train_seconds)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, trainer: pl.Trainer | None = None) -> dict[str, float]:
+        """Totals of this process, or of all ranks when given the (distributed) trainer."""
+        examples, tokens = self.examples, self.tokens
+        if trainer is not None and trainer.world_size > 1:
+            totals = torch.tensor(
+                [examples, tokens], dtype=torch.float64, device=trainer.strategy.root_device
+            )
+            examples, tokens = (int(v) for v in trainer.strategy.reduce(totals, reduce_op="sum").tolist())
         seconds = self.train_seconds or float("nan")
         return {
-            "train_examples": self.examples,
-            "train_tokens": self.tokens,
+            "train_examples": examples,
+            "train_tokens": tokens,
             "train_wall_seconds": self.train_seconds,
-            "train_examples_per_second": self.examples / seconds,
-            "train_tokens_per_second": self.tokens / seconds,
+            "train_examples_per_second": examples / seconds,
+            "train_tokens_per_second": tokens / seconds,
         }
 
 
@@ -93,6 +131,8 @@ class PredictionWriter(BasePredictionWriter):
         self.written: list[Path] = []
 
     def write_on_epoch_end(self, trainer, pl_module, predictions: Any, batch_indices: Any) -> None:
+        if not trainer.is_global_zero:
+            return  # prediction loaders are not sharded: rank zero holds every row
         # One list per dataloader, also when there is a single one.
         groups = predictions if predictions and isinstance(predictions[0], list) else [predictions]
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,18 @@
 """The LightningCLI behind ``apm fit | validate | test | predict``, and the trainer layer:
 default callbacks (best-by-main-score and last checkpoints, learning rate, throughput, exact
-reseeding, predictions), default loggers (W&B auto + CSV), run directories and ``results.json``.
+reseeding, a stop on a non-finite loss, predictions), atomic and safe checkpoint files, default
+loggers (W&B auto + CSV), run directories and ``results.json`` (secrets redacted).
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import logging
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +20,36 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from apm_lightning.errors import APMError
-from apm_lightning.training.callbacks import PredictionWriter, StepSeeder, ThroughputCallback
-from apm_lightning.training.loggers import WANDB_MODES, default_loggers
+from apm_lightning.redact import redact, redact_text
+from apm_lightning.training.callbacks import (
+    NonFiniteLossStop,
+    PredictionWriter,
+    StepSeeder,
+    ThroughputCallback,
+)
+from apm_lightning.training.checkpointing import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    LoaderPosition,
+    remove_stale_temporaries,
+)
+from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
 
 log = logging.getLogger("apm")
+
+# Our modules log epoch-level values that are already equal on every rank (synced torchmetrics
+# results; SQuAD scores all features on every rank): Lightning's advice to sync them again is noise.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed")
+
+# Set by the launching process so the ranks it starts share its run directory.
+RUN_DIR_ENV = "APM_RUN_DIR"
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def _run_name(config: Any) -> str:
@@ -50,6 +77,12 @@ class APMCLI(LightningCLI):
             type=bool,
             help="load checkpoints with full pickle (only for files you trust)",
         )
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            default=0,
+            type=int,
+            help="also write last.ckpt every N optimizer steps, for mid-epoch resume (0: epoch ends only)",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads a checkpoint's hyper-parameters into the model config before
@@ -57,23 +90,33 @@ class APMCLI(LightningCLI):
         line instead of an unpickling error or a config parse failure."""
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
-            checkpoint = verify_checkpoint(
-                ckpt, allow_unsafe=self.config[sub].get("allow_unsafe_checkpoints")
+        if not ckpt or ckpt in SPECIAL_CKPT_PATHS or Path(ckpt).is_dir():
+            return  # 'last' is resolved (and verified) once the run directory is known
+        checkpoint = verify_checkpoint(ckpt, allow_unsafe=self.config[sub].get("allow_unsafe_checkpoints"))
+        stored = (checkpoint.get("apm") or {}).get("module")
+        wanted = self.config[sub].get("model", {}).get("class_path")
+        if stored and wanted and stored != wanted:
+            raise APMError(
+                f"the checkpoint holds a {stored.rsplit('.', 1)[-1]} model, not a "
+                f"{wanted.rsplit('.', 1)[-1]}; use the config it was trained with"
             )
-            stored = (checkpoint.get("apm") or {}).get("module")
-            wanted = self.config[sub].get("model", {}).get("class_path")
-            if stored and wanted and stored != wanted:
-                raise APMError(
-                    f"the checkpoint holds a {stored.rsplit('.', 1)[-1]} model, not a "
-                    f"{wanted.rsplit('.', 1)[-1]}; use the config it was trained with"
-                )
-        super()._parse_ckpt_path()
+        # LightningCLI's own version re-reads the file with weights_only=True whatever the user
+        # allowed; use the checkpoint verified above instead.
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if not config.trainer.get("default_root_dir"):
-            config.trainer.default_root_dir = str(Path("runs") / _run_name(config))
+            config.trainer.default_root_dir = _default_run_dir(config)
+        if "weights_only" in config:
+            # Lightning's own restore in fit/validate/test/predict follows the user's choice too.
+            config.weights_only = not config.allow_unsafe_checkpoints
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self.config_init[self.subcommand]
@@ -86,17 +129,13 @@ class APMCLI(LightningCLI):
             monitor=monitor,
             mode=mode,
             save_top_k=1,
+            # A resumed run that redoes an epoch rewrites the same file (no '-v1' copy beside it).
+            enable_version_counter=False,
         )
         # Lightning's save_last only writes when a top-k save happened, so a run whose score
         # stopped improving would resume from a stale epoch. A second, unmonitored callback
-        # keeps last.ckpt current every epoch.
-        self.last_checkpoint = ModelCheckpoint(
-            dirpath=root / "checkpoints",
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
-        )
+        # keeps last.ckpt current every epoch (and every N steps, and on SIGTERM).
+        self.last_checkpoint = LastCheckpoint(root / "checkpoints", config.checkpoint_every_n_steps)
         self.throughput = ThroughputCallback()
         self.prediction_writer = PredictionWriter(root / "predictions")
         callbacks = [
@@ -104,28 +143,60 @@ class APMCLI(LightningCLI):
             self.last_checkpoint,
             self.throughput,
             StepSeeder(),
+            LoaderPosition(),
+            NonFiniteLossStop(),
             self.prediction_writer,
         ]
         if config.trainer.get("logger") in (None, True):
-            run_name = config.get("run_name") or root.name
-            kwargs["logger"] = default_loggers(root, config.wandb_mode, config.wandb_project, run_name)
+            run_name = redact_text(config.get("run_name") or root.name)
+            run_id = None
+            if self.subcommand == "fit" and resolve_wandb_mode(config.wandb_mode) != "disabled":
+                run_id = wandb_run_id(root, resume=config.get("ckpt_path") is not None)
+            kwargs["logger"] = default_loggers(
+                root, config.wandb_mode, config.wandb_project, run_name, run_id
+            )
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if config.trainer.get("enable_progress_bar") is not False:
             callbacks.append(_progress_bar())
         kwargs["callbacks"] = list(config.trainer.get("callbacks") or []) + callbacks
-        return super().instantiate_trainer(**kwargs)
+        # One place writes (atomically) and reads (safely) every checkpoint file.
+        plugins = config.trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        kwargs["plugins"] = plugins + [AtomicCheckpointIO(allow_unsafe=config.allow_unsafe_checkpoints)]
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            _redact_hyperparameters(logger)
+        return trainer
 
     # --- checks before anything runs: bad input fails here, with nothing written -----------
     def _check(self, stage: str) -> None:
         check = getattr(self.datamodule, "check", None)
         if check is not None:
             check(stage)
-        ckpt = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
-            verify_checkpoint(ckpt, allow_unsafe=self.config_init[self.subcommand].allow_unsafe_checkpoints)
+        config = self.config_init[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
+            found = sorted(
+                Path(self.last_checkpoint.dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime
+            )
+            ckpt = str(found[-1]) if found else None
+        if not ckpt or ckpt in SPECIAL_CKPT_PATHS:
+            return
+        if Path(ckpt).is_dir():
+            # DeepSpeed and sharded FSDP checkpoints are folders their strategies load with full
+            # unpickling: only on the user's word.
+            if not config.allow_unsafe_checkpoints:
+                raise APMError(
+                    f"checkpoint {ckpt} is a folder (DeepSpeed or sharded FSDP), which its strategy "
+                    "loads with full unpickling; pass --allow_unsafe_checkpoints true if you trust it"
+                )
+            return
+        verify_checkpoint(ckpt, allow_unsafe=config.allow_unsafe_checkpoints)
 
     def before_fit(self) -> None:
         self._check("fit")
+        if rank_zero_only.rank == 0:  # set from the environment before the ranks are set up
+            remove_stale_temporaries(self.last_checkpoint.dirpath)
         config = self._config_dict()
         for logger in self.trainer.loggers:
             logger.log_hyperparams({"config": config})
@@ -147,7 +218,13 @@ class APMCLI(LightningCLI):
         best = self.checkpoint_callback.best_model_path or None
         last = self.last_checkpoint.best_model_path or None
         # End by scoring the best checkpoint on dev, as the results of the run.
-        scores = trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        scores = trainer.validate(
+            self.model,
+            datamodule=self.datamodule,
+            ckpt_path=best,
+            verbose=False,
+            weights_only=not self.config_init["fit"].allow_unsafe_checkpoints,
+        )
         metrics = {}
         for entry in scores:
             for key, value in entry.items():
@@ -157,7 +234,7 @@ class APMCLI(LightningCLI):
         results = {
             "task": getattr(self.model, "task_name", None),
             "metrics": metrics,
-            **self.throughput.summary(),
+            **self.throughput.summary(trainer),
             "peak_rss_mb": peak_rss_mb(),
             "best_checkpoint": best,
             "last_checkpoint": last,
@@ -186,8 +263,53 @@ class APMCLI(LightningCLI):
             print(Path(path).resolve(), flush=True)
 
     def _config_dict(self) -> dict:
+        """The resolved config, secrets masked: what results.json and the loggers get."""
         parser = self._parser(self.subcommand)
-        return yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False))
+        return redact(yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False)))
+
+
+class RedactedConfigCallback(SaveConfigCallback):
+    """Writes ``config.yaml`` to the run directory like Lightning's, with secrets masked."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return
+        log_dir = Path(trainer.log_dir)  # every rank: it is a broadcast
+        if trainer.is_global_zero:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            config = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
+            text = yaml.safe_dump(config, sort_keys=False)
+            (log_dir / self.config_filename).write_text(text, encoding="utf-8")
+        self.already_saved = True
+
+
+def _redact_hyperparameters(logger: Any) -> None:
+    """Whatever reaches a logger as hyper-parameters (the config, the module's hparams that
+    Lightning logs itself) goes through ``redact`` first."""
+    log_hyperparams = logger.log_hyperparams
+
+    @functools.wraps(log_hyperparams)
+    def redacted(params: Any, *args: Any, **kwargs: Any) -> Any:
+        params = vars(params) if isinstance(params, argparse.Namespace) else dict(params)
+        return log_hyperparams(redact(params), *args, **kwargs)
+
+    logger.log_hyperparams = redacted
+
+
+def _default_run_dir(config: Any) -> str:
+    """``runs/<task>-<time>``; the ranks a launcher starts take the launcher's (their clocks may
+    have moved on). Other multi-process launchers (torchrun, srun) need an explicit directory."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and "LOCAL_RANK" in os.environ:
+        return inherited
+    launched = (
+        any(k in os.environ for k in ("LOCAL_RANK", "RANK")) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    )
+    if launched:
+        raise APMError("a multi-process run needs --trainer.default_root_dir (the same for every rank)")
+    run_dir = str(Path("runs") / _run_name(config))
+    os.environ[RUN_DIR_ENV] = run_dir
+    return run_dir
 
 
 def _device_name() -> str:
@@ -238,13 +360,28 @@ def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
 
 
 def run_lightning_cli(args: list[str]) -> APMCLI:
-    return APMCLI(
-        model_class=pl.LightningModule,
-        datamodule_class=pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        seed_everything_default=0,
-        args=args,
-    )
+    failed = True
+    try:
+        cli = APMCLI(
+            model_class=pl.LightningModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RedactedConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            seed_everything_default=0,
+            args=args,
+        )
+        failed = False
+        return cli
+    except SIGTERMException:
+        # The last checkpoint was written when the signal stopped the loop (LastCheckpoint).
+        print("apm: stopped by SIGTERM; last.ckpt was saved: resume with --ckpt_path last", file=sys.stderr)
+        raise SystemExit(128 + 15) from None
+    finally:
+        # Lightning leaves the W&B run open, and the next run in this process (tests, in-process
+        # runners) would log into it.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,17 +53,54 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online" if wandb_credentials_present() and wandb_server_reachable() else "offline"
 
 
-def default_loggers(root: str | Path, wandb_mode: str, project: str, run_name: str | None) -> list:
-    """CSV always; W&B unless disabled. Both write under the run directory."""
+RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_run_id(root: str | Path, resume: bool) -> str:
+    """The W&B run id of a training run directory: kept in ``RUN_DIR/wandb_run_id`` so a resumed
+    run continues the same W&B run; a fresh run gets a new one. Only rank zero writes it (other
+    ranks log nothing to W&B)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    path = Path(root) / RUN_ID_FILE
+    if resume and path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def default_loggers(
+    root: str | Path, wandb_mode: str, project: str, run_name: str | None, run_id: str | None = None
+) -> list:
+    """CSV always; W&B unless disabled. Both write under the run directory. ``run_id``: the W&B
+    run to create or continue (see ``wandb_run_id``)."""
     from lightning.pytorch.loggers import CSVLogger
 
     root = Path(root)
     loggers: list = []
     mode = resolve_wandb_mode(wandb_mode)
     if mode != "disabled":
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        (root / "wandb").parent.mkdir(parents=True, exist_ok=True)
-        loggers.append(WandbLogger(project=project, name=run_name, save_dir=str(root), mode=mode))
+        from apm_lightning.redact import redact
+
+        root.mkdir(parents=True, exist_ok=True)
+        # W&B records the command line; when it holds a secret, record no system metadata.
+        settings = wandb.Settings(x_disable_meta=redact(sys.argv) != sys.argv)
+        loggers.append(
+            WandbLogger(
+                project=project,
+                name=run_name,
+                save_dir=str(root),
+                mode=mode,
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=settings,
+            )
+        )
     loggers.append(CSVLogger(save_dir=str(root), name="csv", version=""))
     return loggers

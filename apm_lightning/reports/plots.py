@@ -1,0 +1,102 @@
+"""PNG plots of runs: learning curves from each run's CSV log, and dev scores per task and seed.
+
+matplotlib with the Agg backend (no display needed); scores x100 as in the tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def read_csv_log(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """``RUN_DIR/csv/metrics.csv`` -> metric -> [(step, value)], skipping empty cells (Lightning
+    writes one row per logging call, each with only some columns filled)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = float(row.get("step") or "nan")
+            except ValueError:
+                continue
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                try:
+                    series.setdefault(key, []).append((step, float(value)))
+                except ValueError:
+                    pass
+    return series
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(runs: Sequence[tuple[str, Path]], out_png: str | Path, title: str = "") -> Path | None:
+    """Training loss and dev score against the step, one line per run (label, run dir)."""
+    logs = [(label, read_csv_log(d / "csv" / "metrics.csv")) for label, d in runs]
+    logs = [(label, s) for label, s in logs if s]
+    if not logs:
+        return None
+    plt = _pyplot()
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, series in logs:
+        if "train/loss" in series:
+            steps, values = zip(*series["train/loss"], strict=True)
+            loss_ax.plot(steps, values, label=label, linewidth=1)
+        if "val/main" in series:
+            steps, values = zip(*series["val/main"], strict=True)
+            score_ax.plot(steps, [100 * v for v in values], marker="o", label=label)
+    loss_ax.set(xlabel="step", ylabel="training loss", title="train/loss")
+    if not loss_ax.lines:  # Lightning logs every 50 steps by default
+        loss_ax.text(0.5, 0.5, "no training loss logged\n(shorter than log_every_n_steps)", ha="center")
+    score_ax.set(xlabel="step", ylabel="dev score x100", title="val/main")
+    if len(logs) <= 12:
+        score_ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def scores_per_task(rows: Sequence[dict[str, Any]], out_png: str | Path, value: str = "main") -> Path | None:
+    """One column per task: each seed's score as a point, the median as a bar."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows if r.get(value) is not None))
+    if not tasks:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(tasks) + 2), 4))
+    for i, task in enumerate(tasks):
+        members = [r for r in rows if r["task"] == task and r.get(value) is not None]
+        ax.bar(i, 100 * statistics.median(r[value] for r in members), color="#c7d7ea", width=0.6)
+        offsets = [0.2 * (j / max(1, len(members) - 1) - 0.5) for j in range(len(members))]
+        ax.scatter([i + o for o in offsets], [100 * r[value] for r in members], color="#1f4e79", zorder=3)
+        for o, r in zip(offsets, members, strict=True):
+            if r.get("seed") is not None:
+                ax.annotate(
+                    str(r["seed"]),
+                    (i + o, 100 * r[value]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set(ylabel="dev score x100 (points: seeds, bars: median)", title="scores per task and seed")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

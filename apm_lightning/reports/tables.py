@@ -1,0 +1,148 @@
+"""Tables over runs: ``results.json`` files -> rows -> Markdown and CSV (no torch, no pandas).
+
+A row is a flat dict (run, task, seed, model, the dev metrics, throughput, memory); scores stay
+in the 0-1 scale of ``results.json`` in CSV and are shown x100 in Markdown, as GLUE reports them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from apm_lightning.errors import APMError
+from apm_lightning.runners.glue_score import summarize
+
+# Metric columns in a stable order; anything else a run reports follows them.
+METRICS = ("mcc", "accuracy", "f1", "pearson", "spearman", "accuracy_matched", "accuracy_mismatched")
+RUN_FIELDS = ("examples_per_s", "train_s", "peak_rss_mb")
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """``results.json`` of each run directory given, or of every run below a directory."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file() and path.name == "results.json":
+            found.append(path)
+        elif (path / "results.json").is_file():
+            found.append(path / "results.json")
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        else:
+            raise APMError(f"{path}: not a run directory (no results.json in or below it)")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def model_name(config: dict[str, Any]) -> str:
+    """A short model label from a run's config: the backbone, or the class and its preset."""
+    model = config.get("model") or {}
+    args = model.get("init_args") or {}
+    cls = str(model.get("class_path", "?")).rsplit(".", 1)[-1]
+    if args.get("backbone"):
+        return str(args["backbone"])
+    if args.get("backbone_config"):
+        arch = args["backbone_config"]
+        return f"{arch.get('model_type', 'model')}-{arch.get('num_hidden_layers', '?')}x{arch.get('hidden_size', '?')}"
+    return f"{cls}({args['preset']})" if args.get("preset") else cls
+
+
+def run_row(results: dict[str, Any], run: str | None = None) -> dict[str, Any]:
+    config = results.get("config") or {}
+    row: dict[str, Any] = {
+        "run": run if run is not None else results.get("run_dir", ""),
+        "task": results.get("task"),
+        "seed": config.get("seed_everything"),
+        "model": model_name(config),
+    }
+    row.update(results.get("metrics") or {})
+    row["examples_per_s"] = results.get("train_examples_per_second")
+    row["train_s"] = results.get("train_wall_seconds")
+    row["peak_rss_mb"] = results.get("peak_rss_mb")
+    row["run_dir"] = results.get("run_dir")
+    return row
+
+
+def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in find_results(paths):
+        results = json.loads(path.read_text(encoding="utf-8"))
+        row = run_row(results, run=_short(path.parent))
+        row["run_dir"] = str(path.parent)  # where it is now, if the run was moved
+        rows.append(row)
+    return rows
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Metric columns present in ``rows``: the known ones in order, then ``main``."""
+    present = {k for row in rows for k in row}
+    return [m for m in METRICS if m in present] + (["main"] if "main" in present else [])
+
+
+def aggregate(rows: Sequence[dict[str, Any]], value: str = "main", by: str = "task") -> list[dict[str, Any]]:
+    """Per group (task): n and the median, mean and standard deviation of each metric."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get(value) is not None:
+            groups.setdefault(row.get(by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = {by: key, "n": len(members)}
+        for metric in metric_columns(members):
+            stats = summarize([r[metric] for r in members if r.get(metric) is not None])
+            for stat in ("median", "mean", "std"):
+                entry[f"{metric}_{stat}"] = stats[stat]
+        out.append(entry)
+    return out
+
+
+def _is_score(column: str) -> bool:
+    base = (
+        column.rsplit("_", 1)[0] if column.endswith(("_median", "_mean", "_std", "_min", "_max")) else column
+    )
+    base = base.rsplit("/", 1)[-1]  # val/main
+    return base in METRICS or base in ("main", "score")
+
+
+def format_value(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        if _is_score(column):
+            return f"{100 * value:.2f}"
+        return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.4g}"  # 1.2e-05, 123.4, 2345.6
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub Markdown table; scores x100 with two decimals, other numbers with one."""
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
+    for row in rows:
+        cells = [format_value(c, row.get(c)).replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Plain values (scores in 0-1), written to a temporary file and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+    tmp.replace(path)
+    return path

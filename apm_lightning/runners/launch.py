@@ -1,0 +1,116 @@
+"""Run one ``apm fit|predict`` for a runner, in a child process or in this one.
+
+``subprocess`` (the default) isolates runs: a crash, a CUDA out-of-memory error or the kernel's
+OOM killer takes down that run only, and each run starts with fresh memory. ``inprocess`` skips
+the interpreter start-up (seconds per run), which is what the tests use. Either way a run that
+does not finish raises :class:`RunFailed` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+LAUNCHERS = ("subprocess", "inprocess")
+
+
+class RunFailed(Exception):
+    """A run that did not finish; the message says why (and where its log is)."""
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def run_apm(
+    args: list[str],
+    log_file: str | Path,
+    launcher: str = "subprocess",
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run ``apm *args``; extra environment variables apply to that run only."""
+    env = dict(env or {})
+    if launcher == "inprocess":
+        _run_inprocess(args, env)
+    elif launcher == "subprocess":
+        _run_subprocess(args, Path(log_file), env)
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+
+
+def describe_exit(code: int) -> str:
+    if code < 0 or code > 128:
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}" + (" (out of memory?)" if number == signal.SIGKILL else "")
+    return f"exit status {code}"
+
+
+def _reason_from_log(log_file: Path, start: int = 0) -> str:
+    with log_file.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("$ apm ")]
+    errors = [x for x in lines if x.startswith("apm: error:")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = log_file.stat().st_size if log_file.is_file() else 0
+    with log_file.open("a", encoding="utf-8") as log:  # a retry keeps the earlier attempt's log
+        log.write(f"$ apm {shlex.join(args)}\n")
+        log.flush()
+        code = subprocess.run(
+            [sys.executable, "-m", "apm_lightning", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        ).returncode
+    if code != 0:
+        reason = _reason_from_log(log_file, start)
+        raise RunFailed(f"{describe_exit(code)}: {reason} (log: {log_file})")
+
+
+def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
+    from apm_lightning.cli import _user_error
+    from apm_lightning.errors import APMError
+    from apm_lightning.training.cli import run_lightning_cli
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        run_lightning_cli(args)
+    except SystemExit as err:  # the argument parser's way of refusing options
+        if err.code not in (0, None):
+            raise RunFailed(f"the options were refused (exit status {err.code})") from None
+    except Exception as err:
+        cause = _user_error(err, APMError)
+        reason = str(cause) if cause is not None else f"{type(err).__name__}: {err}"
+        raise RunFailed(reason.splitlines()[0] if reason else type(err).__name__) from err
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """After a run in this process (failed ones especially), give memory back before the next."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

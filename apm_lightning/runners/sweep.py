@@ -1,0 +1,418 @@
+"""``apm sweep``: hyper-parameter search with Optuna over ordinary ``apm fit`` runs.
+
+    apm sweep -c experiments/sweeps/sst2_minilm.yaml --n-trials 20 [--storage URL]
+
+The sweep file names the fit configs, fixed overrides, the metric and its direction, the search
+space, the sampler (TPE) and the pruner (median). Each trial is an ``apm fit`` in OUT/trial-NNNN
+with its own ``results.json``; its value is the metric of the best checkpoint on dev, and the
+pruner stops a weak trial after a validation (:class:`~apm_lightning.runners.pruning.OptunaPruning`).
+
+The study lives in a database: SQLite in OUT by default, or any SQLAlchemy URL (PostgreSQL,
+MySQL) that workers on many machines share. ``--n-trials`` is the study's total, not each
+worker's: running the command again continues the study, and workers started at once share the
+count. A trial that crashes or runs out of memory is recorded as failed and the study goes on.
+
+``--backend wandb`` writes a W&B sweep file instead, for ``wandb sweep`` and ``wandb agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apm_lightning.errors import APMError
+from apm_lightning.runners.launch import LAUNCHERS, RunFailed, redact_url, run_apm
+from apm_lightning.training.results import write_json_atomic
+
+STORAGE_ENV = "APM_OPTUNA_STORAGE"  # the child's way to the study, kept out of saved configs
+PRUNED_FILE = "pruned.json"  # written by the pruning callback in the trial's run dir
+SPACE_TYPES = ("float", "int", "categorical")
+SPEC_KEYS = {"name", "base_configs", "overrides", "metric", "direction", "space", "sampler", "pruner"}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base_configs: list[str]
+    space: dict[str, dict[str, Any]]
+    overrides: list[str] = field(default_factory=list)
+    metric: str = "val/main"
+    direction: str = "maximize"
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict[str, Any] | None = field(default_factory=lambda: {"type": "median"})
+
+
+def _find(path: str, sweep_file: Path) -> str:
+    """A config path as written in the sweep file: relative to the working directory, else to
+    a folder above the sweep file (so ``experiments/glue/rte.yaml`` works from anywhere)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.is_file():
+        return str(candidate.resolve())
+    for parent in sweep_file.resolve().parents:
+        if (parent / candidate).is_file():
+            return str(parent / candidate)
+    raise APMError(f"{sweep_file}: base config {path} not found")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise APMError(f"sweep file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise APMError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(SPEC_KEYS))})"
+        )
+    if not data.get("space"):
+        raise APMError(f"{path}: 'space' is empty: nothing to search")
+    for name, dist in data["space"].items():
+        kind = (dist or {}).get("type")
+        if kind not in SPACE_TYPES:
+            raise APMError(f"{path}: space.{name}: type must be one of {', '.join(SPACE_TYPES)}")
+        needed = ("choices",) if kind == "categorical" else ("low", "high")
+        if any(k not in dist for k in needed):
+            raise APMError(f"{path}: space.{name} ({kind}) needs {' and '.join(needed)}")
+    if data.get("direction", "maximize") not in ("maximize", "minimize"):
+        raise APMError(f"{path}: direction must be maximize or minimize")
+    return SweepSpec(
+        name=str(data.get("name") or path.stem),
+        base_configs=[_find(c, path) for c in data.get("base_configs") or []],
+        space=dict(data["space"]),
+        # Overrides may be written as tokens or as option strings ("--data.batch_size 16").
+        overrides=[t for item in data.get("overrides") or [] for t in shlex.split(str(item))],
+        metric=data.get("metric", "val/main"),
+        direction=data.get("direction", "maximize"),
+        sampler=data.get("sampler") or {"type": "tpe"},
+        pruner=data.get("pruner", {"type": "median"}),
+    )
+
+
+# --------------------------------------------------------------------------- optuna objects
+def build_sampler(settings: dict[str, Any], seed: int | None = None):
+    import optuna
+
+    settings = dict(settings)
+    kind = settings.pop("type", "tpe")
+    if seed is not None:
+        settings["seed"] = seed
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if kind not in samplers:
+        raise APMError(f"unknown sampler {kind!r}: choose one of {', '.join(samplers)}")
+    return samplers[kind](**settings)
+
+
+def build_pruner(settings: dict[str, Any] | None):
+    import optuna
+
+    settings = dict(settings or {"type": "none"})
+    kind = settings.pop("type", "median")
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind != "median":
+        raise APMError(f"unknown pruner {kind!r}: choose median or none")
+    return optuna.pruners.MedianPruner(**settings)
+
+
+def open_storage(url: str, heartbeat: bool = True):
+    """An RDB storage. SQLite waits for locks instead of failing (several local workers), and
+    with heartbeats a trial whose worker died is marked failed when the next trial starts."""
+    import optuna
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    beat = {"heartbeat_interval": 60, "grace_period": 180} if heartbeat else {}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and stable enough
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+
+
+def open_study(spec: SweepSpec, url: str, study_name: str, sampler_seed: int | None = None):
+    """Create the study or join it; workers starting together may race to create the tables
+    and the study, so a failed attempt is retried."""
+    import optuna
+
+    sampler, pruner = build_sampler(spec.sampler, sampler_seed), build_pruner(spec.pruner)
+    for attempt in range(6):
+        try:
+            study = optuna.create_study(
+                storage=open_storage(url),
+                study_name=study_name,
+                direction=spec.direction,
+                load_if_exists=True,
+                sampler=sampler,
+                pruner=pruner,
+            )
+            break
+        except Exception as err:
+            # Only lock and uniqueness conflicts are races; a bad URL or driver fails at once.
+            racing = type(err).__name__ in ("OperationalError", "IntegrityError", "DuplicatedStudyError")
+            if attempt == 5 or not racing:
+                raise APMError(
+                    f"could not open study {study_name} at {redact_url(url)}: {redact_url(str(err))}"
+                ) from None
+            time.sleep(0.3 + random.random())
+    if study.direction.name.lower() != spec.direction:
+        raise APMError(
+            f"study {study_name} exists with direction {study.direction.name.lower()}, not {spec.direction}"
+        )
+    return study
+
+
+def suggest(trial, name: str, dist: dict[str, Any]) -> Any:
+    kind = dist["type"]
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(dist["choices"]))
+    extra = {k: dist[k] for k in ("log", "step") if dist.get(k) is not None}
+    if kind == "int":
+        return trial.suggest_int(name, int(dist["low"]), int(dist["high"]), **extra)
+    return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), **extra)
+
+
+def param_args(params: dict[str, Any]) -> list[str]:
+    """{'model.learning_rate': 3e-05} -> ['--model.learning_rate', '3e-05'] (YAML spelling)."""
+    out = []
+    for name, value in params.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        out += [f"--{name}", text.removesuffix("\n...").strip()]
+    return out
+
+
+def metric_value(results: dict[str, Any], metric: str) -> float:
+    key = metric.split("/", 1)[1] if metric.startswith("val/") else metric
+    if key not in results["metrics"]:
+        raise KeyError(f"results.json has no metric {key!r} (has {', '.join(results['metrics'])})")
+    return float(results["metrics"][key])
+
+
+# --------------------------------------------------------------------------- the worker
+class StudyFull(Exception):
+    """Another worker took the last trial between our count and our ask."""
+
+
+def _counted(study) -> list:
+    """Trials that count towards --n-trials: all but queued ones and our race markers."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get("apm_skipped")]
+
+
+class SweepWorker:
+    def __init__(self, spec: SweepSpec, study, url: str, out: Path, launcher: str, extra: list[str]) -> None:
+        self.spec, self.study, self.url, self.out = spec, study, url, out
+        self.launcher, self.extra = launcher, extra
+        self.n_trials = 0  # the study's total, set by run()
+        self.full = False
+        self.ran = 0
+
+    def trial_args(self, trial, params: dict[str, Any], run_dir: Path) -> list[str]:
+        args = [
+            "fit",
+            *[a for c in self.spec.base_configs for a in ("-c", c)],
+            *self.spec.overrides,
+            *self.extra,
+        ]
+        args += param_args(params)
+        args += [
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--run_name",
+            f"{self.study.study_name}-{run_dir.name}",
+        ]
+        if self.spec.pruner and self.spec.pruner.get("type", "median") != "none":
+            args += [
+                "--trainer.callbacks+=apm_lightning.runners.pruning.OptunaPruning",
+                f"--trainer.callbacks.study_name={self.study.study_name}",
+                f"--trainer.callbacks.trial_id={trial._trial_id}",  # Optuna's storage key of the trial
+                f"--trainer.callbacks.monitor={self.spec.metric}",
+                f"--trainer.callbacks.pruner={json.dumps(self.spec.pruner)}",
+            ]
+        return args
+
+    def objective(self, trial) -> float:
+        import optuna
+
+        if sum(1 for t in _counted(self.study) if t.number < trial.number) >= self.n_trials:
+            trial.set_user_attr("apm_skipped", "the study already had its trials")
+            self.full = True
+            raise StudyFull()
+        params = {name: suggest(trial, name, dist) for name, dist in self.spec.space.items()}
+        run_dir = self.out / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self.ran += 1
+        print(f"apm sweep: trial {trial.number} {params} -> {run_dir}", flush=True)
+        env = {STORAGE_ENV: self.url, "WANDB_RUN_GROUP": self.study.study_name}
+        try:
+            run_apm(self.trial_args(trial, params, run_dir), run_dir / "apm.log", self.launcher, env)
+        except RunFailed as err:
+            if (run_dir / PRUNED_FILE).is_file():
+                raise optuna.TrialPruned(json.loads((run_dir / PRUNED_FILE).read_text())["reason"]) from None
+            trial.set_user_attr("error", redact_url(str(err))[:500])
+            print(f"apm sweep: trial {trial.number} FAILED: {redact_url(str(err))}", flush=True)
+            raise
+        results = json.loads((run_dir / "results.json").read_text())
+        trial.set_user_attr("results", str((run_dir / "results.json").resolve()))
+        return metric_value(results, self.spec.metric)
+
+    def run(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+        while not self.full and len(_counted(self.study)) < n_trials:
+            # One trial per call, so the count is read again before each: workers share it.
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def trial_rows(study, metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("apm_skipped"):
+            continue
+        row = {"trial": t.number, "state": t.state.name, metric: t.value}
+        row.update(t.params)
+        row["run_dir"] = t.user_attrs.get("run_dir")
+        row["error"] = t.user_attrs.get("error")
+        rows.append(row)
+    return rows
+
+
+def write_summary(study, spec: SweepSpec, out: Path, url: str) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from apm_lightning.reports.tables import markdown_table, write_csv
+
+    rows = trial_rows(study, spec.metric)
+    columns = ["trial", "state", spec.metric, *spec.space, "run_dir", "error"]
+    write_csv(out / "trials.csv", rows, columns)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    best = None
+    if complete:
+        pick = max if spec.direction == "maximize" else min
+        trial = pick(complete, key=lambda t: t.value)
+        best = {
+            "trial": trial.number,
+            "value": trial.value,
+            "params": trial.params,
+            "run_dir": trial.user_attrs.get("run_dir"),
+        }
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    summary = {
+        "study": study.study_name,
+        "storage": redact_url(url),
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "trials": counts,
+        "best": best,
+    }
+    write_json_atomic(out / "best.json", summary)
+    print(markdown_table(rows, columns[:-1]), flush=True)
+    print(f"apm sweep: {study.study_name}: {counts}; best: {best}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- W&B sweeps
+def wandb_parameters(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Our search space in W&B's sweep vocabulary."""
+    params: dict[str, Any] = {}
+    for name, d in space.items():
+        if d["type"] == "categorical":
+            params[name] = {"values": list(d["choices"])}
+        elif d["type"] == "float":
+            kind = "log_uniform_values" if d.get("log") else "uniform"
+            params[name] = {"distribution": kind, "min": float(d["low"]), "max": float(d["high"])}
+        else:
+            kind = "q_log_uniform_values" if d.get("log") else "int_uniform"
+            params[name] = {"distribution": kind, "min": int(d["low"]), "max": int(d["high"])}
+            if d.get("log"):
+                params[name]["q"] = 1
+    return params
+
+
+def wandb_sweep_config(spec: SweepSpec, out: Path, extra: list[str], project: str) -> dict[str, Any]:
+    """A sweep whose program is ``apm fit`` with the trial's overrides. The agent runs it
+    through ``sh`` so each run gets its own run directory named by W&B's run id."""
+    fixed = ["python", "-m", "apm_lightning", "fit"]
+    fixed += [a for c in spec.base_configs for a in ("-c", c)] + spec.overrides + extra
+    fixed += ["--wandb_mode", "online", "--wandb_project", project]
+    run_dir = shlex.quote(str(out.resolve()) + "/")
+    script = f'exec {shlex.join(fixed)} --trainer.default_root_dir {run_dir}"$WANDB_RUN_ID" "$@"'
+    method = {"tpe": "bayes", "random": "random"}.get(spec.sampler.get("type", "tpe"), "bayes")
+    config: dict[str, Any] = {
+        "name": spec.name,
+        "project": project,
+        "program": "apm_lightning",
+        "method": method,
+        "metric": {"name": spec.metric, "goal": spec.direction},
+        "parameters": wandb_parameters(spec.space),
+        "command": ["${env}", "sh", "-c", script, "apm-sweep", "${args}"],
+    }
+    if spec.pruner and spec.pruner.get("type", "median") != "none":
+        # W&B has no median rule; Hyperband is its early-termination rule.
+        config["early_terminate"] = {
+            "type": "hyperband",
+            "min_iter": int(spec.pruner.get("n_warmup_steps", 0)) + 1,
+        }
+    return config
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="apm sweep",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", required=True, help="sweep file (experiments/sweeps/*.yaml)")
+    p.add_argument("--n-trials", type=int, default=20, help="the study's total number of trials")
+    p.add_argument("--storage", default=None, help="database URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", default=None, help="default: the sweep's name")
+    p.add_argument("--out", default=None, help="trial run dirs (default: runs/sweeps/<name>)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument("--sampler-seed", type=int, default=None, help="seed the sampler (one worker only)")
+    p.add_argument("--model", default=None, help="a model config YAML to compose, or a backbone")
+    p.add_argument("--backend", choices=("optuna", "wandb"), default="optuna")
+    p.add_argument("--wandb-project", default="apm-lightning", help="project of a W&B sweep")
+    return p
+
+
+def sweep_main(argv: list[str]) -> dict[str, Any]:
+    args, extra = build_parser().parse_known_args(argv)
+    spec = load_spec(args.config)
+    if args.model:
+        from apm_lightning.runners.glue import model_args
+
+        extra = [*model_args(args.model), *extra]
+    out = Path(args.out or Path("runs") / "sweeps" / spec.name)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.backend == "wandb":
+        path = out / "wandb_sweep.yaml"
+        config = wandb_sweep_config(spec, out, extra, args.wandb_project)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        print(
+            f"apm sweep: wrote {path}\n  wandb sweep {path}\n  wandb agent ENTITY/{args.wandb_project}/SWEEP_ID"
+        )
+        return {"wandb_sweep": str(path)}
+    if args.n_trials < 1:
+        raise APMError("--n-trials must be at least 1")
+    url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = args.study_name or spec.name
+    study = open_study(spec, url, name, args.sampler_seed)
+    print(
+        f"apm sweep: study {name} in {redact_url(url)}: {len(_counted(study))} of {args.n_trials} trials",
+        flush=True,
+    )
+    worker = SweepWorker(spec, study, url, out, args.launcher, extra)
+    worker.run(args.n_trials)
+    print(f"apm sweep: this worker ran {worker.ran} trial(s)", flush=True)
+    return write_summary(study, spec, out, url)

@@ -1,0 +1,149 @@
+"""Checkpoints that survive faults: atomic writes, safe loads, ``last.ckpt`` every epoch, every N
+steps and on SIGTERM.
+
+- ``AtomicCheckpointIO`` is the single place where Lightning writes and reads checkpoint files
+  (ours and its own restore in fit/validate/test/predict). A save goes to a temporary file in the
+  same folder, then ``os.replace``: a kill during a save leaves the previous file whole. A load
+  uses ``weights_only=True`` unless the user passed ``--allow_unsafe_checkpoints true``.
+- ``LastCheckpoint`` keeps ``last.ckpt`` current: at every epoch end, every N training steps
+  (mid-epoch resume) and when SIGTERM (preemption) stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+TMP_SUFFIX = ".tmp"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def __init__(self, allow_unsafe: bool = False) -> None:
+        super().__init__()
+        self.allow_unsafe = allow_unsafe
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):  # remote storage (fsspec): Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name must not start with 'last': Lightning's ckpt_path='last' lookup
+        # would take a half-written file for a checkpoint.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        # Whatever the caller asked for, the user's choice decides (Lightning's default, None,
+        # would follow torch's and an environment override).
+        return pl_load(path, map_location=map_location or "cpu", weights_only=not self.allow_unsafe)
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files of saves that a kill interrupted."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
+
+def _validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether the loop validates right after this training batch (end of epoch included)."""
+    loop = trainer.fit_loop.epoch_loop
+    return loop.batch_progress.is_last_batch or loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: at every epoch end, every ``every_n_steps`` optimizer steps (0: off) and
+    when a SIGTERM stops the run.
+
+    A step save is skipped when validation runs right after the batch: Lightning resumes such a
+    checkpoint past that validation, so the best checkpoint could differ from an uninterrupted
+    run; the epoch-end save (after validation) covers that point instead.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int = 0) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        self.every_n_steps = every_n_steps
+
+    @property
+    def saved_path(self) -> str | None:
+        """The last checkpoint on disk, if any (also one restored from before a resume)."""
+        for path in (self.best_model_path, Path(self.dirpath or "") / "last.ckpt"):
+            if path and Path(path).is_file():
+                return str(path)
+        return None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if (
+            self.every_n_steps < 1
+            or step % self.every_n_steps
+            or self._should_skip_saving_checkpoint(trainer)
+            or _validation_follows(trainer)
+        ):
+            return
+        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException between batches, when the state is consistent.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class LoaderPosition(pl.Callback):
+    """Keeps the training loader's position (epoch, batches served; see ``ResumableLoader``) in
+    every checkpoint and hands it back when a resumed fit starts.
+
+    Lightning does this itself for loaders with a ``state_dict``, but only if it builds the
+    loader after restoring the checkpoint; a module whose ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (ours, for the LR schedule) makes it build the loader
+    first, and the saved position is silently dropped.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: pl.Trainer | None = None
+        self._saved: dict | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _loader(self) -> Any:
+        loader = getattr(self._trainer, "train_dataloader", None)
+        return loader if hasattr(loader, "load_state_dict") else None
+
+    def state_dict(self) -> dict[str, Any]:
+        loader = self._loader()
+        return {"loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved = state_dict.get("loader")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the first batch is drawn: the loader's iterator only starts at the first batch.
+        loader = self._loader()
+        if self._saved is not None and loader is not None:
+            loader.load_state_dict(self._saved)
+        self._saved = None

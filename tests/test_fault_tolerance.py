@@ -1,0 +1,225 @@
+"""Fault tolerance: SIGKILL anywhere (mid-epoch, in validation, while a checkpoint is written),
+SIGTERM and a NaN loss; every resume with ``--ckpt_path last`` ends bitwise equal to a run that
+never stopped. The kills are real: ``apm fit`` runs as a subprocess with a ``KillAt`` callback.
+
+The kill points are drawn from ``APM_FAULT_SEED`` (default 0); set it to explore others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from apm_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE = REPO.parent / "shared" / "data" / "glue"
+TINY = REPO / "experiments" / "models" / "tiny_bert.yaml"
+
+pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
+
+# RTE, 48 rows in batches of 8: 6 steps an epoch, 12 in all; last.ckpt every 2 steps.
+ARGS = [
+    "fit",
+    "-c",
+    str(REPO / "experiments" / "glue" / "rte.yaml"),
+    "-c",
+    str(TINY),
+    "--data.data_dir",
+    str(GLUE),
+    "--data.max_train_samples",
+    "48",
+    "--data.max_eval_samples",
+    "16",
+    "--data.batch_size",
+    "8",
+    "--data.max_seq_length",
+    "32",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.deterministic",
+    "true",
+    "--checkpoint_every_n_steps",
+    "2",
+    "--wandb_mode",
+    "disabled",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
+
+
+def kill_at(batch: int, where: str = "batch_start", sig: str = "KILL") -> list[str]:
+    args = {"batch": batch, "where": where, "sig": sig}
+    return [
+        "--trainer.callbacks+",
+        json.dumps({"class_path": "apm_lightning.training.faults.KillAt", "init_args": args}),
+    ]
+
+
+def fit_process(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "apm_lightning", *ARGS, "--trainer.default_root_dir", str(run_dir), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for index, values in state_a["state"].items():
+            for name, tensor in values.items():
+                assert torch.equal(tensor, state_b["state"][index][name]), (index, name)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def test_kills_anywhere_then_resume_is_bitwise_exact(tmp_path):
+    rng = random.Random(int(os.environ.get("APM_FAULT_SEED", "0")))
+    points = {
+        "mid_epoch": rng.randint(2, 5),  # a SIGKILL before batch k of epoch 0
+        "save": rng.randint(7, 9),  # in the middle of writing the next last.ckpt of epoch 1
+        "sigterm": rng.randint(10, 12),  # preemption
+    }
+    assert main([*ARGS, "--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "killed"
+    last = run / "checkpoints" / "last.ckpt"
+    resume = ["--ckpt_path", "last"]
+
+    # 1. SIGKILL before batch k: last.ckpt is the newest even step before it (or none yet).
+    p = fit_process(run, *kill_at(points["mid_epoch"]))
+    assert p.returncode == -signal.SIGKILL, (points, p.stderr[-3000:])
+    saved = (points["mid_epoch"] - 1) // 2 * 2
+    assert (checkpoint(last)["global_step"] if last.exists() else 0) == saved, points
+
+    # 2. SIGKILL during the validation at the end of epoch 0: no step save right before a
+    #    validation (Lightning would resume past it), so last.ckpt is from step 4.
+    p = fit_process(run, *resume, *kill_at(6, "validation"))
+    assert p.returncode == -signal.SIGKILL, (points, p.stderr[-3000:])
+    assert checkpoint(last)["global_step"] == 4
+
+    # 3. SIGKILL while a checkpoint is being written: the half-written temporary file is left,
+    #    last.ckpt is the previous, whole one (the end of epoch 0).
+    p = fit_process(run, *resume, *kill_at(points["save"], "save"))
+    assert p.returncode == -signal.SIGKILL, (points, p.stderr[-3000:])
+    leftovers = list(last.parent.glob(".*.tmp"))
+    assert leftovers and leftovers[0].stat().st_size > 0, points
+    assert checkpoint(last)["global_step"] == 6
+
+    # 4. SIGTERM: the batch in progress ends, last.ckpt is written, the exit says so.
+    p = fit_process(run, *resume, *kill_at(points["sigterm"], sig="TERM"))
+    assert p.returncode == 143, (points, p.stderr[-3000:])
+    assert "stopped by SIGTERM" in p.stderr and "--ckpt_path last" in p.stderr
+    assert checkpoint(last)["global_step"] == points["sigterm"]
+    assert not list(last.parent.glob(".*.tmp"))  # the interrupted save's leftover was removed
+
+    # 5. The last resume runs to the end: the same weights, optimizer and scores, bit for bit.
+    p = fit_process(run, *resume)
+    assert p.returncode == 0, (points, p.stderr[-3000:])
+    straight = tmp_path / "straight"
+    assert_same_training_state(checkpoint(straight / "checkpoints/last.ckpt"), checkpoint(last))
+    a = json.loads((straight / "results.json").read_text())
+    b = json.loads((run / "results.json").read_text())
+    assert a["metrics"] == b["metrics"] and a["global_step"] == b["global_step"] == 12
+    assert Path(a["best_checkpoint"]).name == Path(b["best_checkpoint"]).name
+    assert not list(last.parent.glob("*-v*.ckpt"))  # redone epochs rewrote, never duplicated
+
+
+def test_resumable_loader_skips_what_was_trained_on():
+    from apm_lightning.data.collate import EpochBatchSampler, ResumableLoader
+
+    def loader() -> ResumableLoader:
+        sampler = EpochBatchSampler(list(range(1, 31)), 4, shuffle=True, seed=3)
+        return ResumableLoader(list(range(30)), batch_sampler=sampler, collate_fn=lambda rows: rows)
+
+    straight = loader()
+    straight.batch_sampler.set_epoch(1)
+    epoch = list(straight)
+    stopped = loader()
+    stopped.batch_sampler.set_epoch(1)
+    iterator = iter(stopped)
+    seen = [next(iterator) for _ in range(3)]
+    state = stopped.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.batch_sampler.set_epoch(1)
+    rest = list(resumed)
+    assert seen + rest == epoch  # nothing skipped, nothing twice
+    assert resumed.state_dict() == {"epoch": 1, "batches": len(epoch)}
+    # A checkpoint from the end of epoch 1 resumes at epoch 2 from its first batch.
+    after = loader()
+    after.load_state_dict(resumed.state_dict())
+    after.batch_sampler.set_epoch(2)
+    assert len(list(after)) == len(epoch)
+
+
+def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    from apm_lightning.training.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    nan_at = {"class_path": "apm_lightning.training.faults.NaNAt", "init_args": {"batch": 4}}
+    rc = main(
+        [
+            *ARGS,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.callbacks+",
+            json.dumps(nan_at),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert err.startswith("apm: error: the training loss became nan at step 3 (epoch 0)"), err
+    assert f"The last good checkpoint is {last.resolve()}" in err
+    state = checkpoint(last)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [*ARGS, "--wandb_mode", "offline", "--trainer.default_root_dir", str(tmp_path)]
+    args += ["--trainer.max_epochs", "1"]
+    assert main(args) == 0
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert main([*args, "--ckpt_path", "last"]) == 0  # (nothing left to train: scoring only)
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith("-" + run_id) for r in runs), runs
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
+    # A fresh fit (no --ckpt_path) in the same directory is a new W&B run.
+    assert main(args) == 0
+    assert (tmp_path / "wandb_run_id").read_text().strip() != run_id
