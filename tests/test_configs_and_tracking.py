@@ -255,3 +255,17 @@ def test_demo_runs_offline_on_synthetic_data(tmp_path, capsys):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["task"] == "sst2" and results["train_examples"] == 64
     assert out.strip().splitlines()[-1] == str((tmp_path / "demo" / "results.json").resolve())
+
+
+def test_default_run_dir_is_named_after_the_task():
+    from jsonargparse import Namespace
+
+    from apm_lightning.training.cli import _run_name
+
+    glue = Namespace(
+        data=Namespace(class_path="apm_lightning.data.glue.GLUEDataModule", init_args=Namespace(task="rte"))
+    )
+    squad = Namespace(
+        data=Namespace(class_path="apm_lightning.data.squad.SQuADDataModule", init_args=Namespace())
+    )
+    assert _run_name(glue).startswith("rte-") and _run_name(squad).startswith("squad-")

@@ -53,9 +53,11 @@ SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def _run_name(config: Any) -> str:
-    data = config.get("data") or {}
-    args = data.get("init_args", data) if isinstance(data, dict) else {}
-    task = getattr(args, "get", lambda *_: None)("task") or "run"
+    """``<task>-<time>``: the GLUE task, else the data module's kind (``squad``), else ``run``."""
+    task = config.get("data.init_args.task")
+    if not task:
+        class_path = config.get("data.class_path") or ""
+        task = class_path.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "run"
     return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
