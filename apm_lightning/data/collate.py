@@ -49,9 +49,9 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Yields lists of indices.
 
     Training: a permutation seeded by ``seed + epoch``; with ``group_by_length`` the permutation
-    is cut into mega-batches of 50 batches, each sorted by length, so a batch holds rows of
-    similar length and pads little (the scheme of the Hugging Face Trainer's
-    ``group_by_length``). Evaluation (``shuffle=False``): rows sorted by length, longest first,
+    is cut into mega-batches of up to 50 batches (fewer for small data), each sorted by length,
+    so a batch holds rows of similar length and pads little (the Hugging Face Trainer's
+    ``group_by_length`` scheme), and the batches are then shuffled, longest first. Evaluation (``shuffle=False``): rows sorted by length, longest first,
     which pads least; predictions carry their index, so order does not matter.
     With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch of the shared order:
     in training the uneven tail is dropped (every rank must run the same number of steps); in
