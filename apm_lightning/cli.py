@@ -17,6 +17,10 @@ USAGE = """usage: apm <command> [options]
 
 commands:
   fit        train (and validate) a model:   apm fit -c experiments/glue/sst2.yaml
+  pretrain   pretrain or keep pretraining (mlm, clm, electra); writes results.json and RUN_DIR/hf:
+             apm pretrain -c experiments/pretrain/mlm_tiny.yaml --data.files "corpus/*.txt"
+  compare    the objective comparison study (tokenizer, pretraining, GLUE fine-tuning, tables):
+             apm compare -c experiments/compare_objectives/cpu.yaml --out DIR
   validate   score a model on the dev split:  apm validate -c CONFIG --ckpt_path CKPT
   test       score on data.test_split (labelled; GLUE test files have no labels)
   predict    write predictions as TSV:        apm predict -c CONFIG --ckpt_path CKPT
@@ -27,6 +31,8 @@ commands:
   report     tables (Markdown, CSV, W&B) and plots from run dirs:  apm report RUN_DIRS...
   sweep      Optuna search (shared database, pruning) or a W&B sweep file:
              apm sweep -c experiments/sweeps/sst2_minilm.yaml --n-trials 20 [--storage URL]
+  tokenizer  learn a WordPiece, byte-level BPE or Unigram tokenizer from text:
+             apm tokenizer train --kind wordpiece --vocab-size 30000 --files 'corpus/*.txt' --out DIR
 
 Every training command takes --help for its options. Errors print one line; set APM_DEBUG=1
 (or pass --debug) for the full traceback.
@@ -34,6 +40,8 @@ Data: --data.data_dir DIR, or $APM_DATA_DIR (a folder with glue/, squad/, corpus
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# ``apm pretrain`` is ``apm fit`` with a pretraining config: same CLI, trainer layer and results.
+ALIASES = {"pretrain": "fit"}
 
 
 def _version() -> str:
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"apm-lightning {_version()}")
         return 0
     command, rest = argv[0], argv[1:]
+    command = ALIASES.get(command, command)
     from apm_lightning.errors import APMError
 
     try:
@@ -75,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from apm_lightning.runners.glue import glue_main
 
             glue_main(rest)
+        elif command == "compare":
+            from apm_lightning.runners.compare import compare_main
+
+            compare_main(rest)
         elif command == "report":
             from apm_lightning.reports.report import report_main
 
@@ -83,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             from apm_lightning.runners.sweep import sweep_main
 
             sweep_main(rest)
+        elif command == "tokenizer":
+            from apm_lightning.data.tokenizer_training import tokenizer_main
+
+            tokenizer_main(rest)
         else:
             print(f"apm: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
             return 2

@@ -31,7 +31,14 @@ def export_checkpoint(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
-    module = load_module_from_checkpoint(ckpt, allow_unsafe)
+    return export_module(load_module_from_checkpoint(ckpt, allow_unsafe), out, overwrite)
+
+
+def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or replaced on request)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     if not hasattr(module, "export_hf"):
         raise APMError(
             f"{type(module).__name__} has no Hugging Face form to export (only Transformer models do)"

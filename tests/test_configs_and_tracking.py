@@ -57,7 +57,7 @@ def experiment_runs() -> list[tuple[str, ...]]:
     runs = [
         (str(p),)
         for p in sorted((REPO / "experiments").glob("[!m]*/*.yaml"))
-        if p.parent.name not in ("sweeps", "trainer")
+        if p.parent.name not in ("sweeps", "trainer", "pretrain", "compare_objectives")
     ]
     for model in sorted((REPO / "experiments" / "models").glob("*.yaml")):
         task = "squad/v1.yaml" if model.stem.endswith("_qa") else "glue/sst2.yaml"
@@ -87,6 +87,8 @@ def test_every_experiment_config_is_covered():
     covered = {Path(c) for run in experiment_runs() for c in run}
     covered |= set((REPO / "experiments" / "sweeps").glob("*.yaml"))  # see tests/test_sweep.py
     covered |= set((REPO / "experiments" / "trainer").glob("*.yaml"))  # see tests/test_multi_device.py
+    covered |= set((REPO / "experiments" / "pretrain").glob("*.yaml"))  # see tests/test_pretraining.py
+    covered |= set((REPO / "experiments" / "compare_objectives").glob("*.yaml"))  # tests/test_compare.py
     assert covered == set((REPO / "experiments").rglob("*.yaml"))
 
 

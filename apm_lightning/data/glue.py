@@ -248,9 +248,9 @@ class GLUEDataModule(pl.LightningDataModule):
             from transformers import AutoTokenizer
 
             from apm_lightning.data.encoders import JointPairEncoder
-            from apm_lightning.models.backbones import resolve_backbone
+            from apm_lightning.models.backbones import resolve_tokenizer
 
-            return JointPairEncoder(AutoTokenizer.from_pretrained(resolve_backbone(self.tokenizer_name)))
+            return JointPairEncoder(AutoTokenizer.from_pretrained(resolve_tokenizer(self.tokenizer_name)))
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or not hasattr(module, "build_encoder"):
             raise APMError("GLUEDataModule needs a tokenizer: set --data.tokenizer or use an apm model")

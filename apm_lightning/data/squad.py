@@ -469,9 +469,9 @@ class SQuADDataModule(pl.LightningDataModule):
             from transformers import AutoTokenizer
 
             from apm_lightning.data.encoders import JointPairEncoder
-            from apm_lightning.models.backbones import resolve_backbone
+            from apm_lightning.models.backbones import resolve_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(self.tokenizer_name))
+            tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(self.tokenizer_name))
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             encoder = JointPairEncoder(tokenizer)

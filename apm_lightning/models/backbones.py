@@ -32,6 +32,8 @@ def resolve_backbone(name: str) -> str:
     if name.lower() in MINILM_ALIASES:
         return str(minilm_path())
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        return str(exported_checkpoint(path))
     if path.exists():
         if not (path / "config.json").is_file():
             raise APMError(f"backbone folder {path} has no config.json (is it a Hugging Face model folder?)")
@@ -46,6 +48,33 @@ def resolve_backbone(name: str) -> str:
             "pass a local model folder, 'minilm', or set backbone_config to train from scratch",
         )
     return name
+
+
+def resolve_tokenizer(name: str) -> str:
+    """Like ``resolve_backbone``, but a folder holding just a tokenizer (``apm tokenizer train``)
+    is fine too."""
+    path = Path(name).expanduser()
+    if path.is_dir() and any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    ):
+        return str(path)
+    return resolve_backbone(name)
+
+
+def exported_checkpoint(ckpt: Path) -> Path:
+    """The Hugging Face folder of an apm checkpoint (e.g. a pretraining run's), exported once
+    into the cache and reused while the file is unchanged."""
+    import hashlib
+
+    from apm_lightning.data.cache import default_cache_dir
+    from apm_lightning.export import export_checkpoint
+
+    stat = ckpt.stat()
+    key = hashlib.sha256(f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = default_cache_dir() / "exported" / f"{ckpt.stem}-{key}"
+    if not (folder / "config.json").is_file():
+        export_checkpoint(ckpt, folder, overwrite=True)
+    return folder
 
 
 def _in_hub_cache(name: str) -> bool:

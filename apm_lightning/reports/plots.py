@@ -100,3 +100,74 @@ def scores_per_task(rows: Sequence[dict[str, Any]], out_png: str | Path, value: 
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | Path) -> Path | None:
+    """Pretraining: each objective's validation loss against tokens seen, one panel each (the
+    losses are on different scales: MLM and CLM cross-entropies, ELECTRA's weighted sum)."""
+    panels = []
+    for label, csv_path in runs:
+        if not Path(csv_path).is_file():
+            continue
+        series = read_csv_log(csv_path)
+        tokens = dict(series.get("val/tokens_seen", []))
+        points = [(tokens[step], value) for step, value in series.get("val/loss", []) if step in tokens]
+        if points:
+            panels.append((label, sorted(points)))
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (label, points) in zip(axes[0], panels, strict=True):
+        xs, ys = zip(*points, strict=True)
+        ax.plot([x / 1e6 for x in xs], ys, marker="o")
+        ax.set(xlabel="tokens seen (millions)", ylabel="validation loss", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("validation loss against tokens seen")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: str | Path) -> Path | None:
+    """Fine-tuning scores per task, one bar per objective (the mean over seeds), the spread as
+    an error bar (standard deviation) and every seed as a point."""
+    tasks = list(dict.fromkeys(t for per_task in scores.values() for t, s in per_task.items() if s))
+    if not tasks:
+        return None
+    plt = _pyplot()
+    objectives = list(scores)
+    width = 0.8 / max(1, len(objectives))
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(tasks) + 2), 4))
+    for j, objective in enumerate(objectives):
+        for i, task in enumerate(tasks):
+            values = [100 * v for v in scores[objective].get(task, [])]
+            if not values:
+                continue
+            x = i + (j - (len(objectives) - 1) / 2) * width
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.bar(
+                x,
+                statistics.mean(values),
+                width * 0.9,
+                yerr=spread,
+                capsize=3,
+                color=f"C{j}",
+                alpha=0.55,
+                label=objective if i == 0 else None,
+            )
+            ax.scatter([x] * len(values), values, color=f"C{j}", s=12, zorder=3)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set(
+        ylabel="dev score x100 (bar: mean, error: sd, points: seeds)", title="downstream score per objective"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -302,10 +302,10 @@ class TransformerClassifier(GlueTaskModule):
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        from apm_lightning.models.backbones import resolve_backbone
+        from apm_lightning.models.backbones import resolve_tokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
-            resolve_backbone(self.tokenizer_source()), trust_remote_code=self.hparams.trust_remote_code
+            resolve_tokenizer(self.tokenizer_source()), trust_remote_code=self.hparams.trust_remote_code
         )
         if tokenizer.pad_token is None:  # GPT-style tokenizers have no pad token
             tokenizer.pad_token = tokenizer.eos_token

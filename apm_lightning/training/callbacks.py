@@ -65,6 +65,8 @@ def _batch_size_and_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     if "attention_mask" in batch:
         mask = batch["attention_mask"]
         return mask.shape[0], int(mask.sum())
+    if "input_ids" in batch:  # packed pretraining blocks: no padding at all
+        return batch["input_ids"].shape[0], batch["input_ids"].numel()
     ids = [v for k, v in batch.items() if k.startswith("input_ids")]
     return ids[0].shape[0], int(sum((t != 0).sum() for t in ids))
 

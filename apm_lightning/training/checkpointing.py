@@ -73,7 +73,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     A step save is skipped when validation runs right after the batch: Lightning resumes such a
     checkpoint past that validation, so the best checkpoint could differ from an uninterrupted
-    run; the epoch-end save (after validation) covers that point instead.
+    run; a save after that validation (mid-epoch, or the epoch-end one) covers the point instead.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0) -> None:
@@ -102,6 +102,19 @@ class LastCheckpoint(ModelCheckpoint):
             or step % self.every_n_steps
             or self._should_skip_saving_checkpoint(trainer)
             or _validation_follows(trainer)
+        ):
+            return
+        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # A validation in the middle of an epoch (val_check_interval; pretraining runs one long
+        # epoch): save after it, in place of the step save skipped just before it.
+        if (
+            self.every_n_steps < 1
+            or trainer.sanity_checking
+            or trainer.state.fn != "fit"
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or self._should_skip_saving_checkpoint(trainer)
         ):
             return
         self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))

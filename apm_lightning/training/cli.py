@@ -228,15 +228,21 @@ class APMCLI(LightningCLI):
             weights_only=not self.config_init["fit"].allow_unsafe_checkpoints,
         )
         metrics = {}
+        val_loss = None
         for entry in scores:
             for key, value in entry.items():
-                if key.startswith("val/") and not key.startswith("val/loss"):
+                if key == "val/loss":
+                    val_loss = float(value)
+                elif key.startswith("val/") and not key.startswith("val/loss"):
                     metrics[key[4:]] = float(value)
         root = Path(self.config_init["fit"].trainer.default_root_dir)
+        throughput = self.throughput.summary(trainer)
         results = {
             "task": getattr(self.model, "task_name", None),
             "metrics": metrics,
-            **self.throughput.summary(trainer),
+            "val_loss": val_loss,
+            **throughput,
+            "tokens_per_second": throughput["train_tokens_per_second"],
             "peak_rss_mb": peak_rss_mb(),
             "best_checkpoint": best,
             "last_checkpoint": last,
@@ -251,6 +257,10 @@ class APMCLI(LightningCLI):
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if trainer.is_global_zero:
+            # Module-specific results (pretraining: tokens seen, the exported folder).
+            summary = getattr(self.model, "results_summary", None)
+            if summary is not None:
+                results.update(summary(root))
             path = write_json_atomic(root / "results.json", results)
             _print_metrics(results)
             print(path.resolve(), flush=True)

@@ -1,0 +1,188 @@
+"""Raw text for pretraining and tokenizer training, as a stream of documents.
+
+Sources (any mix):
+- ``files``: text files or globs; ``.jsonl``/``.json`` files give one document per record
+  (``text_field``); other files are split into documents by ``document_split``:
+  ``paragraph`` (blank lines, the default), ``line`` or ``file``;
+- ``dataset``: a ``datasets`` folder written by ``save_to_disk``, or a hub dataset name
+  (``name`` or ``name:config``), its ``dataset_split`` and ``text_field``;
+- ``glue_task``: the text columns of a GLUE task's training split (task-adaptive pretraining),
+  read by the GLUE data module from ``glue_data_dir``; a sentence pair is one document.
+
+``fingerprint`` names the content (paths, sizes, modification times, options), so caches of
+tokenized text are rebuilt when a file changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from apm_lightning.errors import APMError
+
+DOCUMENT_SPLITS = ("paragraph", "line", "file")
+
+
+@dataclass
+class TextSource:
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    document_split: str = "paragraph"
+    dataset: str | None = None
+    dataset_split: str = "train"
+    glue_task: str | None = None
+    glue_data_dir: str | None = None
+    max_documents: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.files, str):
+            self.files = [self.files]
+        if self.document_split not in DOCUMENT_SPLITS:
+            raise APMError(
+                f"unknown document_split {self.document_split!r}: choose one of {', '.join(DOCUMENT_SPLITS)}"
+            )
+        if not (self.files or self.dataset or self.glue_task):
+            raise APMError("no text given: set data.files (a glob), data.dataset or data.glue_task")
+
+    # ------------------------------------------------------------------ what is read
+    def resolved_files(self) -> list[Path]:
+        """Every file the globs match, sorted; a pattern that matches nothing is an error."""
+        found: list[Path] = []
+        for pattern in self.files:
+            expanded = os.path.expanduser(pattern)
+            matches = sorted(glob.glob(expanded, recursive=True))
+            matches = [m for m in matches if Path(m).is_file()]
+            if not matches:
+                raise APMError(f"no text files match {pattern!r} (check the path or glob)")
+            found.extend(Path(m) for m in matches)
+        return found
+
+    def fingerprint(self) -> str:
+        parts = {k: v for k, v in asdict(self).items() if k != "files"}
+        for path in self.resolved_files():
+            stat = path.stat()
+            parts[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns]
+        if self.dataset and Path(self.dataset).exists():
+            stat = Path(self.dataset).stat()
+            parts["dataset_mtime"] = stat.st_mtime_ns
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        parts = []
+        if self.files:
+            parts.append(f"{len(self.resolved_files())} file(s) {', '.join(self.files)}")
+        if self.dataset:
+            parts.append(f"dataset {self.dataset} [{self.dataset_split}]")
+        if self.glue_task:
+            parts.append(f"GLUE {self.glue_task} training text")
+        return "; ".join(parts)
+
+    def documents(self) -> Iterator[str]:
+        """Non-empty documents, in a fixed order, at most ``max_documents``."""
+        if self.max_documents is not None and self.max_documents < 1:
+            raise APMError(f"max_documents must be 1 or more, not {self.max_documents}")
+        count = 0
+        for doc in self._all_documents():
+            if doc is None:  # a null text field or dataset cell: no document
+                continue
+            doc = str(doc).strip()
+            if not doc:
+                continue
+            yield doc
+            count += 1
+            if self.max_documents is not None and count >= self.max_documents:
+                return
+
+    def _all_documents(self) -> Iterator[str]:
+        for path in self.resolved_files():
+            yield from self._file_documents(path)
+        if self.dataset:
+            yield from self._dataset_documents()
+        if self.glue_task:
+            yield from self._glue_documents()
+
+    def _file_documents(self, path: Path) -> Iterator[str]:
+        if path.suffix in (".jsonl", ".json"):
+            yield from self._jsonl_documents(path)
+            return
+        try:
+            with open(path, encoding="utf-8") as f:  # universal newlines: CRLF files too
+                if self.document_split == "file":
+                    yield f.read()
+                elif self.document_split == "line":
+                    yield from f
+                else:
+                    paragraph: list[str] = []
+                    for line in f:
+                        if line.strip():
+                            paragraph.append(line.strip())
+                        elif paragraph:
+                            yield " ".join(paragraph)
+                            paragraph = []
+                    if paragraph:
+                        yield " ".join(paragraph)
+        except UnicodeDecodeError as err:
+            raise APMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+    def _jsonl_documents(self, path: Path) -> Iterator[str]:
+        try:
+            yield from self._jsonl_records(path)
+        except UnicodeDecodeError as err:
+            raise APMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+    def _jsonl_records(self, path: Path) -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise APMError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+                if not isinstance(record, dict) or self.text_field not in record:
+                    keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                    raise APMError(
+                        f"{path}:{number}: no field {self.text_field!r} (found: {keys}); set data.text_field"
+                    )
+                yield record[self.text_field]
+
+    def _dataset_documents(self) -> Iterator[str]:
+        import datasets
+
+        from apm_lightning.data import sources
+
+        name = self.dataset
+        if Path(name).exists():
+            loaded = datasets.load_from_disk(name)
+            if isinstance(loaded, datasets.DatasetDict):
+                if self.dataset_split not in loaded:
+                    raise APMError(f"{name} has no split {self.dataset_split!r} (it has {', '.join(loaded)})")
+                loaded = loaded[self.dataset_split]
+        else:
+            if sources.hub_offline_requested() or not sources.hub_reachable():
+                raise sources.hub_unreachable_error(
+                    f"dataset {name!r}", "pass text files (data.files) or a local datasets folder"
+                )
+            repo, _, config = name.partition(":")
+            loaded = datasets.load_dataset(repo, config or None, split=self.dataset_split)
+        if self.text_field not in loaded.column_names:
+            raise APMError(
+                f"dataset {name} has no column {self.text_field!r} (it has "
+                f"{', '.join(loaded.column_names)}); set data.text_field"
+            )
+        for start in range(0, len(loaded), 1000):
+            yield from loaded[start : start + 1000][self.text_field]
+
+    def _glue_documents(self) -> Iterator[str]:
+        from apm_lightning.data.glue import GLUEDataModule
+
+        glue = GLUEDataModule(task=self.glue_task, data_dir=self.glue_data_dir)
+        raw = glue.raw_split("train")
+        pairs = raw.get("text_b")
+        for i, text in enumerate(raw["text_a"]):
+            yield f"{text} {pairs[i]}" if pairs else text
