@@ -36,10 +36,9 @@ TINY = {
 }
 
 
-def quiet(run_dir: Path, *extra: str) -> list[str]:
+def quiet(run_dir: Path, *extra: str, files: bool = True) -> list[str]:
     return [
-        "--data.files",
-        str(WIKI),
+        *(["--data.files", str(WIKI)] if files else []),
         "--data.max_documents",
         "400",
         "--data.block_size",
@@ -247,6 +246,7 @@ PRETRAIN_RUNS = {
     "clm": ["clm_tiny.yaml"],
     "clm-causal-bert": ["clm_tiny.yaml", "causal_bert.yaml"],
     "electra": ["electra_tiny.yaml"],
+    "mlm-tapt": ["tapt_minilm_sst2.yaml"],  # MiniLM on SST-2's training text
 }
 
 
@@ -255,8 +255,13 @@ def test_a_few_steps_of_each_objective_then_classifier_from_export(name, tmp_pat
     objective = name.split("-")[0]
     run = tmp_path / name
     configs = [a for c in PRETRAIN_RUNS[name] for a in ("-c", str(PRETRAIN / c))]
-    args = ["pretrain", *configs, *tiny_model_args(objective, gpt2=name == "clm")]
-    args += quiet(run, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3")
+    if name == "mlm-tapt":
+        if not GLUE.is_dir():
+            pytest.skip("../shared/data/glue is missing")
+        args = ["pretrain", *configs, *quiet(run, "--data.data_dir", str(GLUE), files=False)]
+    else:
+        args = ["pretrain", *configs, *tiny_model_args(objective, gpt2=name == "clm"), *quiet(run)]
+    args += ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3"]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["tokens_seen"] == 6 * 8 * 32
