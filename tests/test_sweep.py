@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from apm_lightning.cli import main
+from apm_lightning.redact import redact_text as redact_url
 from apm_lightning.runners import sweep
-from apm_lightning.runners.launch import describe_exit, redact_url
+from apm_lightning.runners.launch import describe_exit
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -238,3 +239,14 @@ def test_every_sweep_file_runs_one_tiny_trial(path, tmp_path):
     results = json.loads((out / "trial-0000" / "results.json").read_text())
     assert results["config"]["trainer"]["max_epochs"] == 1 and trial.value == results["metrics"]["main"]
     assert results["config"]["model"]["init_args"]["backbone"] is None  # the tiny model
+
+
+def test_a_wandb_agent_run_logs_into_the_run_its_sweep_created(tmp_path, monkeypatch):
+    from apm_lightning.training.loggers import wandb_run_id
+
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
+    assert wandb_run_id(tmp_path / "a", resume=False) == "agentrun"
+    assert (tmp_path / "a" / "wandb_run_id").read_text().strip() == "agentrun"
+    monkeypatch.delenv("WANDB_SWEEP_ID")  # outside a sweep, a stray WANDB_RUN_ID is not reused
+    assert wandb_run_id(tmp_path / "b", resume=False) != "agentrun"

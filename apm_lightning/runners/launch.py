@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -23,11 +22,6 @@ LAUNCHERS = ("subprocess", "inprocess")
 
 class RunFailed(Exception):
     """A run that did not finish; the message says why (and where its log is)."""
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def run_apm(

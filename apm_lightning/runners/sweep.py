@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from apm_lightning.errors import APMError
-from apm_lightning.runners.launch import LAUNCHERS, RunFailed, redact_url, run_apm
+from apm_lightning.redact import redact_text as redact_url
+from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 from apm_lightning.training.results import write_json_atomic
 
 STORAGE_ENV = "APM_OPTUNA_STORAGE"  # the child's way to the study, kept out of saved configs

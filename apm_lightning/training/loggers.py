@@ -65,7 +65,9 @@ def wandb_run_id(root: str | Path, resume: bool) -> str:
     path = Path(root) / RUN_ID_FILE
     if resume and path.is_file():
         return path.read_text().strip()
-    run_id = secrets.token_hex(4)
+    # Under `wandb agent` the sweep created the run: log into it, not a new one.
+    run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    run_id = run_id or secrets.token_hex(4)
     if rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")
