@@ -166,3 +166,74 @@ def test_ci_workflow_runs_the_readme_test_command():
     workflow = yaml.safe_load((REPO / ".github/workflows/tests.yml").read_text())
     steps = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert command in steps
+
+
+CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
+
+
+def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
+    """ELECTRA (masking, the generator's sampling, both losses), tiny, dropout off."""
+    return [
+        "pretrain",
+        "-c",
+        str(REPO / "experiments" / "pretrain" / "electra_tiny.yaml"),
+        "--model.backbone_config.hidden_size=32",
+        "--model.backbone_config.embedding_size=32",
+        "--model.backbone_config.intermediate_size=64",
+        "--model.backbone_config.hidden_dropout_prob=0.0",
+        "--model.backbone_config.attention_probs_dropout_prob=0.0",
+        "--data.files",
+        str(CORPUS),
+        "--data.max_documents=400",
+        "--data.block_size=32",
+        f"--data.batch_size={batch_size}",
+        "--data.max_validation_blocks=16",
+        "--trainer.max_steps=6",
+        "--trainer.val_check_interval=3",
+        "--trainer.deterministic=true",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--wandb_mode=disabled",
+    ]
+
+
+@pytest.mark.skipif(not CORPUS.is_file(), reason="../shared/data/corpus is missing")
+def test_ddp_pretraining_matches_one_process(tmp_path, capsys):
+    # Masks and generator samples are keyed by block, and the masked-token loss is normalised
+    # by the global count: two ranks of 4 blocks train exactly as one process of 8.
+    one = tmp_path / "one"
+    assert main(pretrain_args(one, 8)) == 0
+    ddp = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "apm_lightning",
+        *pretrain_args(ddp, 4),
+        "-c",
+        str(TRAINER_CONFIGS / "ddp_cpu.yaml"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    a = json.loads((one / "results.json").read_text())
+    b = json.loads((ddp / "results.json").read_text())
+    scores_a = {**a["metrics"], "val_loss": a["val_loss"]}
+    scores_b = {**b["metrics"], "val_loss": b["val_loss"]}
+    for i, (loss_a, loss_b) in enumerate(zip(val_losses(one), val_losses(ddp), strict=True)):
+        scores_a[f"val/loss #{i}"], scores_b[f"val/loss #{i}"] = loss_a, loss_b
+    with capsys.disabled():
+        print("\nDDP pretraining (ELECTRA, 2 CPU processes x 4 blocks) vs one process (8 blocks)")
+        for key in scores_a:
+            print(
+                f"{key:<22}{scores_a[key]:>14.8f}{scores_b[key]:>14.8f}{abs(scores_a[key] - scores_b[key]):>12.2e}"
+            )
+    assert scores_a.keys() == scores_b.keys()
+    for key in scores_a:
+        # float32 sums in another order (per rank, then across ranks): ELECTRA's loss is ~44.
+        assert scores_b[key] == pytest.approx(scores_a[key], rel=1e-5, abs=1e-5), key
+    assert a["tokens_seen"] == b["tokens_seen"] == 6 * 8 * 32
+    weights_a = torch.load(one / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    weights_b = torch.load(ddp / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for key in weights_a:
+        assert torch.allclose(weights_a[key], weights_b[key], atol=1e-5), key

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from apm_lightning.cli import main
 from apm_lightning.data.corpus import CorpusDataModule
-from apm_lightning.tasks.pretraining import PretrainingModule, electra_loss, mask_tokens
+from apm_lightning.tasks.pretraining import (
+    PretrainingModule,
+    electra_loss,
+    keyed_uniform,
+    mask_tokens,
+    row_keys,
+    sample_tokens,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus"
@@ -94,7 +101,7 @@ def test_packing_uses_every_token_once_without_padding(tmp_path):
     assert stream[-1] == tok.sep_token_id
     assert tok.pad_token_id not in stream
     # Blocks: [CLS] + 15 consecutive stream tokens, in order, the partial tail left out.
-    blocks = [train[i] for i in range(len(train))]
+    blocks = [train[i]["input_ids"] for i in range(len(train))]
     assert all(b.shape == (16,) and b[0] == tok.cls_token_id for b in blocks)
     assert len(blocks) == len(stream) // 15
     body = torch.cat([b[1:] for b in blocks]).numpy()
@@ -163,7 +170,8 @@ def test_masking_statistics_follow_the_80_10_10_rule():
     ids = torch.randint(5, vocab, (400, 250), generator=generator)
     ids[:, 0] = 2  # [CLS]-like specials are never chosen
     ids[:, -1] = 3
-    inputs, labels = mask_tokens(ids, special, mask_id, vocab, rate=0.15, generator=generator)
+    keys = row_keys(seed=0, step=7, rows=torch.arange(400))
+    inputs, labels = mask_tokens(ids, special, mask_id, vocab, rate=0.15, keys=keys)
     chosen = labels != -100
     assert not chosen[:, 0].any() and not chosen[:, -1].any()
     rate = chosen[:, 1:-1].float().mean().item()
@@ -175,6 +183,29 @@ def test_masking_statistics_follow_the_80_10_10_rule():
     assert abs(masked - 0.8) < 0.01
     assert abs(kept - 0.1) < 0.01  # (a random replacement equal to the original is 1 in 995)
     assert abs(1 - masked - kept - 0.1) < 0.01
+    # Keyed draws: a row's mask depends on its key alone, not on the batch around it; another
+    # step gives another mask.
+    again, again_labels = mask_tokens(ids[10:20], special, mask_id, vocab, rate=0.15, keys=keys[10:20])
+    assert torch.equal(again_labels, labels[10:20])
+    other = mask_tokens(ids, special, mask_id, vocab, 0.15, row_keys(0, 8, torch.arange(400)))[1]
+    assert not torch.equal(other != -100, chosen)
+    # Unkeyed (torch's generator): the same statistics.
+    torch.manual_seed(0)
+    plain = mask_tokens(ids, special, mask_id, vocab, rate=0.15)[1] != -100
+    assert abs(plain[:, 1:-1].float().mean().item() - 0.15) < 0.003
+
+
+def test_keyed_uniforms_are_uniform_and_sampling_follows_the_softmax():
+    u = keyed_uniform(torch.arange(200_000), stream=0)
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean().item() - 0.5) < 0.005
+    assert abs(u.var().item() - 1 / 12) < 0.002
+    assert not torch.equal(u, keyed_uniform(torch.arange(200_000), stream=1))
+    counts = torch.histc(u, bins=10, min=0.0, max=1.0)
+    assert (counts - 20_000).abs().max() < 800  # ~5 sd of a binomial(200000, 0.1)
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(100_000, 3)
+    drawn = sample_tokens(logits, keyed_uniform(torch.arange(100_000), stream=3))
+    share = torch.bincount(drawn, minlength=3).float() / 100_000
+    assert torch.allclose(share, torch.tensor([0.7, 0.2, 0.1]), atol=0.01)
 
 
 def test_electra_loss_matches_a_hand_computed_example():
@@ -197,8 +228,7 @@ def test_sparse_prediction_equals_the_full_head():
     torch.manual_seed(0)
     module = PretrainingModule("mlm", backbone_config=TINY, tokenizer="minilm").eval()
     ids = torch.randint(1000, 2000, (2, 24))
-    generator = torch.Generator().manual_seed(1)
-    inputs, labels = mask_tokens(ids, module.special, 103, 30522, 0.15, generator)
+    inputs, labels = mask_tokens(ids, module.special, 103, 30522, 0.15, row_keys(1, 0, torch.arange(2)))
     sparse, targets = module._mlm_logits(inputs, labels)
     full = module.net(input_ids=inputs).logits[labels != -100]
     assert sparse.shape == (int((labels != -100).sum()), 30522)

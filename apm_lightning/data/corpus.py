@@ -114,18 +114,22 @@ class PackedBlocks(Dataset):
     def __len__(self) -> int:
         return self.num_blocks
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_blocks:
             raise IndexError(index)
         chunk = torch.from_numpy(self.tokens[index * self.span : (index + 1) * self.span].astype(np.int64))
         if self.prefix_id is not None:
             chunk = torch.cat([torch.tensor([self.prefix_id]), chunk])
-        return chunk
+        return {"input_ids": chunk, "index": index}
 
 
-def collate_blocks(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    # Every block is full: no padding, so no attention mask either.
-    return {"input_ids": torch.stack(blocks)}
+def collate_blocks(blocks: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    # Every block is full: no padding, so no attention mask either. The block's index keys its
+    # random mask (see tasks/pretraining.py).
+    return {
+        "input_ids": torch.stack([b["input_ids"] for b in blocks]),
+        "index": torch.tensor([b["index"] for b in blocks], dtype=torch.int64),
+    }
 
 
 class CorpusDataModule(pl.LightningDataModule):

@@ -13,9 +13,11 @@ Backbones are Hugging Face models, from a checkpoint (``backbone``: a folder, a 
 architecture with a causal or a bidirectional mask (BERT-family configs), so that an ablation
 changes the objective and nothing else.
 
-Randomness (masks, ELECTRA's samples) comes from torch's global generator, which the trainer
-layer reseeds before every step: a resumed run draws the same masks. Validation masks come from
-a generator seeded by the batch index, so every evaluation scores the same masked positions.
+Masks and ELECTRA's samples are a function of (run seed, step, the block's index in the corpus,
+position), through a counter-based hash: a resumed run draws the same masks, and a block gets
+the same mask whichever DDP rank holds it, so two processes train exactly as one does on the
+same global batch. Validation masks depend on the block alone: every evaluation scores the same
+positions. (Dropout uses torch's generator, which the trainer layer reseeds every step.)
 """
 
 from __future__ import annotations
@@ -39,6 +41,40 @@ ATTENTIONS = ("auto", "bidirectional", "causal")
 # Decoder-only families: no bidirectional mode.
 DECODER_ONLY = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "opt", "phi")
 IGNORE = -100
+VALIDATION_SEED = 1_000_003
+
+
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic; products wrap).
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)  # logical shift on int64
+
+
+def splitmix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer, elementwise on int64: well-mixed keys from consecutive ones."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def keyed_uniform(keys: torch.Tensor, stream: int) -> torch.Tensor:
+    """Uniform [0, 1) float32 per int64 key, for one of several independent streams; the same on
+    every device, rank and run."""
+    offset = ((stream + 1) * 0x5851F42D4C957F2D) % (1 << 64)
+    offset -= (1 << 64) if offset >= (1 << 63) else 0  # as a signed int64
+    mixed = splitmix(splitmix(keys + offset))
+    return _shift_right(mixed, 40).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def row_keys(seed: int, step: int, rows: torch.Tensor) -> torch.Tensor:
+    """One key per block: a function of (seed, step, the block's index in the corpus)."""
+    base = splitmix(torch.tensor([seed * 1_000_003 + step], dtype=torch.int64, device=rows.device))
+    return splitmix(base + rows.to(torch.int64))
 
 
 def mask_tokens(
@@ -47,22 +83,26 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     rate: float = 0.15,
-    generator: torch.Generator | None = None,
+    keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's dynamic masking: each non-special token is chosen with probability ``rate``; a
     chosen token becomes ``mask_id`` (80%), a random token (10%) or stays (10%).
 
     Returns ``(inputs, labels)``, labels being the original ids at chosen positions and -100
-    elsewhere. ``special`` is a boolean lookup over the vocabulary. Draws happen on the CPU when
-    a CPU ``generator`` is given (validation), else on the ids' device.
+    elsewhere. ``special`` is a boolean lookup over the vocabulary. With ``keys`` (one int64 per
+    row, see ``row_keys``) the draws are a function of the row key and the position alone, so
+    a block gets the same mask whichever rank or batch it lands in; else torch's generator.
     """
-    device = input_ids.device
-    draw_device = generator.device if generator is not None else device
     shape = input_ids.shape
-    chosen = torch.rand(shape, generator=generator, device=draw_device).to(device) < rate
-    chosen &= ~special[input_ids]
-    action = torch.rand(shape, generator=generator, device=draw_device).to(device)
-    random_ids = torch.randint(vocab_size, shape, generator=generator, device=draw_device).to(device)
+    if keys is None:
+        draws = [torch.rand(shape, device=input_ids.device) for _ in range(3)]
+    else:
+        positions = torch.arange(shape[1], device=input_ids.device, dtype=torch.int64)
+        element = keys.view(-1, 1) * 4099 + positions  # distinct per (row key, position)
+        draws = [keyed_uniform(element, stream) for stream in range(3)]
+    chosen = (draws[0] < rate) & ~special[input_ids]
+    action = draws[1]
+    random_ids = (draws[2] * vocab_size).long().clamp_(max=vocab_size - 1)
     inputs = input_ids.clone()
     inputs[chosen & (action < 0.8)] = mask_id
     replace = chosen & (action >= 0.8) & (action < 0.9)
@@ -87,10 +127,12 @@ def electra_loss(
     return generator + discriminator_weight * discriminator, generator, discriminator
 
 
-def gumbel_sample(logits: torch.Tensor) -> torch.Tensor:
-    """A sample from softmax(logits) per row, by the Gumbel-max trick (global RNG)."""
-    uniform = torch.rand_like(logits, dtype=torch.float32).clamp_(1e-9, 1.0 - 1e-9)
-    return (logits.float() - torch.log(-torch.log(uniform))).argmax(dim=-1)
+def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``logits`` drawn from its softmax, by inverting the cumulative
+    distribution at ``uniform`` (one draw in [0, 1) per row)."""
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(dim=-1)
+    target = uniform.view(-1, 1).to(cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
 def _mlm_parts(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -163,6 +205,7 @@ class PretrainingModule(pl.LightningModule):
             )
         self.tokenizer = self.load_tokenizer()
         self.tokens_seen = 0
+        self._mask_seed = 0
         self._build()
         special = torch.zeros(max(self.vocab_size, len(self.tokenizer)), dtype=torch.bool)
         special[self.tokenizer.all_special_ids] = True
@@ -300,15 +343,25 @@ class PretrainingModule(pl.LightningModule):
         return names
 
     # ------------------------------------------------------------------ objectives
-    def _masked(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
+    def _masked(self, input_ids: torch.Tensor, keys: torch.Tensor | None = None):
         return mask_tokens(
             input_ids,
             self.special,
             self.tokenizer.mask_token_id,
             len(self.tokenizer),
             self.hparams.mask_rate,
-            generator,
+            keys,
         )
+
+    def _masked_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the masked tokens of the *global* batch: ranks hold different
+        numbers of masked tokens, and DDP averages their gradients, so each rank divides its sum
+        by the mean count over ranks; the result equals one process on the whole batch."""
+        total = F.cross_entropy(logits.float(), targets, reduction="sum")
+        count = torch.tensor(float(targets.numel()), device=logits.device)
+        if self.training and self._trainer is not None and self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count, reduce_op="sum") / self.trainer.world_size
+        return total / count.clamp(min=1.0)
 
     def _mlm_logits(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels at the masked positions only."""
@@ -320,7 +373,7 @@ class PretrainingModule(pl.LightningModule):
         return model(input_ids=inputs).logits[selected], labels[selected]
 
     def compute(
-        self, input_ids: torch.Tensor, generator: torch.Generator | None = None, metrics: bool = True
+        self, input_ids: torch.Tensor, keys: torch.Tensor | None = None, metrics: bool = True
     ) -> dict[str, torch.Tensor]:
         """The objective's loss and, with ``metrics``, the values its metrics need (an argmax
         over the vocabulary at every masked position: skipped on steps that log nothing)."""
@@ -330,35 +383,49 @@ class PretrainingModule(pl.LightningModule):
             labels = input_ids[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
             return {"loss": loss, "logits": logits, "labels": labels}
-        inputs, labels = self._masked(input_ids, generator)
+        inputs, labels = self._masked(input_ids, keys)
         logits, targets = self._mlm_logits(inputs, labels)
         scores = {"predicted": targets.numel()}
         if metrics:
             scores["masked_accuracy"] = (logits.argmax(-1) == targets).float().mean()
         if objective == "mlm":
-            return {"loss": F.cross_entropy(logits.float(), targets), **scores}
+            return {"loss": self._masked_cross_entropy(logits, targets), **scores}
         # ELECTRA: replace the masked tokens by the generator's samples (no gradient through
         # sampling), then the discriminator tells replaced from original at every position.
+        selected = labels != IGNORE
         with torch.no_grad():
-            sampled = gumbel_sample(logits.detach())
+            if keys is None:
+                uniform = torch.rand(logits.shape[0], device=logits.device)
+            else:  # keyed like the masks: the same sample whichever rank holds the block
+                positions = torch.arange(labels.shape[1], device=labels.device, dtype=torch.int64)
+                element = keys.view(-1, 1) * 4099 + positions
+                uniform = keyed_uniform(element[selected], stream=3)
+            sampled = sample_tokens(logits.detach(), uniform)
         corrupted = input_ids.clone()
-        corrupted[labels != IGNORE] = sampled
+        corrupted[selected] = sampled
         replaced = corrupted != input_ids  # a sample equal to the original counts as original
         disc_logits = self.discriminator(input_ids=corrupted).logits
-        loss, gen_loss, disc_loss = electra_loss(
+        _, _, disc_loss = electra_loss(
             logits, targets, disc_logits, replaced, self.hparams.discriminator_weight
         )
+        gen_loss = self._masked_cross_entropy(logits, targets)
+        loss = gen_loss + self.hparams.discriminator_weight * disc_loss
         if metrics:
             scores["replaced_accuracy"] = ((disc_logits > 0) == replaced).float().mean()
         return {"loss": loss, "generator_loss": gen_loss, "discriminator_loss": disc_loss, **scores}
 
     # ------------------------------------------------------------------ loops
+    def on_fit_start(self) -> None:
+        # The run's seed (seed_everything: the same on every rank and on resume) keys the masks.
+        self._mask_seed = torch.initial_seed() % (2**31)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]
         # Lightning writes logs every log_every_n_steps; values logged on other steps cost
         # Python time (milliseconds each) and are never seen.
         logging = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-        out = self.compute(input_ids, metrics=logging)
+        keys = row_keys(self._mask_seed, self.global_step, batch["index"]) if "index" in batch else None
+        out = self.compute(input_ids, keys, metrics=logging)
         self.tokens_seen += input_ids.numel() * self.trainer.world_size
         size = input_ids.shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
@@ -372,8 +439,10 @@ class PretrainingModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         input_ids = batch["input_ids"]
         # The same positions are masked at every evaluation: scores differ by the model alone.
-        generator = torch.Generator().manual_seed(1_000_003 + batch_idx)
-        out = self.compute(input_ids, generator)
+        index = batch.get("index")
+        if index is None:  # a batch without block indices: seed by position in the loader
+            index = torch.arange(input_ids.shape[0], device=input_ids.device) + batch_idx * input_ids.shape[0]
+        out = self.compute(input_ids, row_keys(VALIDATION_SEED, 0, index))
         tokens = input_ids.numel()
         if self.hparams.objective == "clm":
             self._val["loss"].update(out["loss"], weight=out["labels"].numel())
