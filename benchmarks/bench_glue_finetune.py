@@ -332,7 +332,7 @@ def main() -> int:
         help="also run apm and hf_dynamic with seeds seed+1.. to show the seed spread of accuracy",
     )
     p.add_argument("--warmup-run", action="store_true", help="untimed tiny run first")
-    p.add_argument("--json-out", type=Path, default=None, help="write results as JSON")
+    p.add_argument("--json-out", "--json", type=Path, default=None, help="write results as JSON")
     p.add_argument("--_child", choices=HF_PEERS, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.data_dir = args.data_dir.resolve()

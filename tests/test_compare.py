@@ -58,7 +58,7 @@ STUDY = {
 }
 
 
-def test_compare_study_end_to_end(tmp_path):
+def test_compare_study_end_to_end(tmp_path, monkeypatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     out = tmp_path / "out"
@@ -91,10 +91,16 @@ def test_compare_study_end_to_end(tmp_path):
     finetune = json.loads((out / "finetune" / "clm" / "runs" / "rte" / "seed0" / "results.json").read_text())
     assert finetune["config"]["model"]["init_args"]["backbone"] == str(out / "pretrain" / "clm" / "hf")
     assert json.loads((out / "tokenizer" / "apm_tokenizer.json").read_text())["kind"] == "wordpiece"
-    # Running the study again finds every step done and only rewrites the tables.
+    # Running the study again finds every step done and only rewrites the tables; with W&B on
+    # (offline here) they also go to a W&B run as a table.
     stamp = (out / "pretrain" / "mlm" / "results.json").stat().st_mtime_ns
-    assert main(args) == 0
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    again = [*args[:-3], "offline", *args[-2:]]
+    assert main(again) == 0
     assert (out / "pretrain" / "mlm" / "results.json").stat().st_mtime_ns == stamp
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
 def test_compare_rejects_a_bad_study(tmp_path, capsys):

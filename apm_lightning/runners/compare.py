@@ -159,6 +159,9 @@ class CompareRunner:
         from apm_lightning.runners.glue import glue_main
 
         spec = self.study["finetune"]
+        done = self.out / "finetune" / objective / "glue_score.json"
+        if done.is_file():  # written last by apm glue: every run of this objective is done
+            return json.loads(done.read_text(encoding="utf-8"))
         data_dir = spec.get("data_dir") or str(self.data_root / "glue")
         args = [
             "--model",

@@ -46,6 +46,9 @@ log = logging.getLogger("apm")
 # Our modules log epoch-level values that are already equal on every rank (synced torchmetrics
 # results; SQuAD scores all features on every rank): Lightning's advice to sync them again is noise.
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed")
+# `apm` hands LightningCLI the arguments it dispatched (apm fit ... -> args), which is what that
+# parameter is for; the warning assumes a script that forgot sys.argv.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 # Set by the launching process so the ranks it starts share its run directory.
 RUN_DIR_ENV = "APM_RUN_DIR"
