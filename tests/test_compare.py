@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from run_options import QUIET as QUIET_RUN
 
 from apm_lightning.cli import main
 
@@ -17,7 +18,7 @@ DATA = REPO.parent / "shared" / "data"
 
 pytestmark = pytest.mark.skipif(not (DATA / "corpus").is_dir(), reason="../shared/data is missing")
 
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+QUIET = [a for a in QUIET_RUN if not a.startswith("--wandb_mode")]  # the study sets W&B itself
 STUDY = {
     "name": "tiny",
     "tokenizer": {"kind": "wordpiece", "vocab_size": 1000},

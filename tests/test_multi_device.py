@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from run_options import QUIET
 
 from apm_lightning.cli import main
 from apm_lightning.data.collate import EpochBatchSampler
@@ -193,9 +194,7 @@ def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
         "--trainer.deterministic=true",
         "--trainer.default_root_dir",
         str(run_dir),
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--wandb_mode=disabled",
+        *QUIET,
     ]
 
 

@@ -13,6 +13,7 @@ import pytest
 import test_fault_tolerance as ft
 import torch
 import torch.nn.functional as F
+from run_options import QUIET
 
 from apm_lightning.cli import main
 from apm_lightning.data.corpus import CorpusDataModule
@@ -44,26 +45,10 @@ TINY = {
 
 
 def quiet(run_dir: Path, *extra: str, files: bool = True) -> list[str]:
-    return [
-        *(["--data.files", str(WIKI)] if files else []),
-        "--data.max_documents",
-        "400",
-        "--data.block_size",
-        "32",
-        "--data.batch_size",
-        "8",
-        "--data.max_validation_blocks",
-        "16",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--wandb_mode",
-        "disabled",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+    """A small, quiet pretraining run: 400 documents, blocks of 32, batches of 8."""
+    data = ["--data.max_documents=400", "--data.block_size=32", "--data.batch_size=8"]
+    data += ["--data.max_validation_blocks=16", "--trainer.default_root_dir", str(run_dir)]
+    return [*(["--data.files", str(WIKI)] if files else []), *data, *QUIET, *extra]
 
 
 def tiny_model_args(objective: str, gpt2: bool = False) -> list[str]:

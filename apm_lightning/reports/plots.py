@@ -41,6 +41,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out_png: str | Path) -> Path:
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def learning_curves(runs: Sequence[tuple[str, Path]], out_png: str | Path, title: str = "") -> Path | None:
     """Training loss and dev score against the step, one line per run (label, run dir)."""
     logs = [(label, read_csv_log(d / "csv" / "metrics.csv")) for label, d in runs]
@@ -63,12 +72,7 @@ def learning_curves(runs: Sequence[tuple[str, Path]], out_png: str | Path, title
     if len(logs) <= 12:
         score_ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)
 
 
 def scores_per_task(rows: Sequence[dict[str, Any]], out_png: str | Path, value: str = "main") -> Path | None:
@@ -94,12 +98,7 @@ def scores_per_task(rows: Sequence[dict[str, Any]], out_png: str | Path, value: 
                 )
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set(ylabel="dev score x100 (points: seeds, bars: median)", title="scores per task and seed")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)
 
 
 def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | Path) -> Path | None:
@@ -124,12 +123,7 @@ def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | P
         ax.set(xlabel="tokens seen (millions)", ylabel="validation loss", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle("validation loss against tokens seen")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)
 
 
 def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: str | Path) -> Path | None:
@@ -165,9 +159,4 @@ def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: 
         ylabel="dev score x100 (bar: mean, error: sd, points: seeds)", title="downstream score per objective"
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png)

@@ -38,6 +38,28 @@ def adamw(groups: list[dict], **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, **kwargs)
 
 
+def adamw_linear_schedule(module: pl.LightningModule) -> dict[str, Any]:
+    """AdamW (no decay on biases and normalisation weights, BERT's recipe) with linear warm-up
+    (``warmup_steps``, else ``warmup_ratio`` of the run) then linear decay to zero, stepped every
+    optimizer step; hyper-parameters from ``module.hparams``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    hparams = module.hparams
+    decay, no_decay = [], []
+    for param in module.parameters():  # shared parameters (ELECTRA's embeddings) come once
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    optimizer = adamw(
+        [{"params": decay, "weight_decay": hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=hparams.learning_rate,
+        eps=hparams.adam_epsilon,
+    )
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = hparams.warmup_steps if hparams.warmup_steps is not None else int(hparams.warmup_ratio * total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class GlueTaskModule(pl.LightningModule):
     # Hyper-parameters that must agree between a checkpoint and the module loading it.
     identity_keys: tuple[str, ...] = ()
@@ -198,28 +220,7 @@ class GlueTaskModule(pl.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
-
-        decay, no_decay = [], []
-        for param in self.parameters():
-            if not param.requires_grad:
-                continue
-            # Biases and normalisation weights are not decayed (BERT's recipe).
-            (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = adamw(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
-            eps=self.hparams.adam_epsilon,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.hparams.warmup_steps
-        if warmup is None:
-            warmup = int(self.hparams.warmup_ratio * total)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_linear_schedule(self)
 
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from apm_lightning.errors import APMError
-from apm_lightning.tasks.classification import adamw
+from apm_lightning.tasks.classification import adamw_linear_schedule
 
 OBJECTIVES = ("mlm", "clm", "electra")
 ATTENTIONS = ("auto", "bidirectional", "causal")
@@ -477,26 +477,7 @@ class PretrainingModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
-
-        decay, no_decay = [], []
-        for param in self.parameters():  # shared (ELECTRA) parameters come once
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = adamw(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
-            eps=self.hparams.adam_epsilon,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.hparams.warmup_steps
-        if warmup is None:
-            warmup = int(self.hparams.warmup_ratio * total)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_linear_schedule(self)
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
