@@ -386,3 +386,14 @@ def test_continue_from_an_apm_checkpoint(tmp_path):
         module.net.base_model.embeddings.word_embeddings.weight,
         first["net.bert.embeddings.word_embeddings.weight"],
     )
+
+
+def test_text_files_in_latin1_are_read_and_strict_utf8_says_which_file(tmp_path):
+    from apm_lightning.data.text_sources import TextSource
+    from apm_lightning.errors import APMError
+
+    old = tmp_path / "caesar.txt"
+    old.write_bytes("Ant. C\u00e6sar, my Lord\r\n\r\nSecond paragraph\r\n".encode("latin-1"))
+    assert list(TextSource(files=[str(old)]).documents()) == ["Ant. C\u00e6sar, my Lord", "Second paragraph"]
+    with pytest.raises(APMError, match=r"caesar.txt is not utf-8 text .*set data.encoding"):
+        list(TextSource(files=[str(old)], encoding="utf-8").documents())

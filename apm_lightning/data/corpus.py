@@ -151,6 +151,7 @@ class CorpusDataModule(pl.LightningDataModule):
         max_documents: read at most this many documents.
         max_validation_blocks: evaluate on the first N validation blocks only.
         split_seed: seed of the document-level train/validation draw.
+        encoding: of the text files; ``auto``: UTF-8, else Latin-1 for a file that is not UTF-8.
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class CorpusDataModule(pl.LightningDataModule):
         max_documents: int | None = None,
         max_validation_blocks: int | None = None,
         split_seed: int = 0,
+        encoding: str = "auto",
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -189,6 +191,7 @@ class CorpusDataModule(pl.LightningDataModule):
             glue_task=glue_task,
             glue_data_dir=data_dir,
             max_documents=max_documents,
+            encoding=encoding,
         )
         self.tokenizer_name = tokenizer
         self.block_size = block_size

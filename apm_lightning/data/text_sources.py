@@ -3,7 +3,8 @@
 Sources (any mix):
 - ``files``: text files or globs; ``.jsonl``/``.json`` files give one document per record
   (``text_field``); other files are split into documents by ``document_split``:
-  ``paragraph`` (blank lines, the default), ``line`` or ``file``;
+  ``paragraph`` (blank lines, the default), ``line`` or ``file``; ``encoding`` ``auto`` reads
+  UTF-8, and Latin-1 for a file that is not valid UTF-8;
 - ``dataset``: a ``datasets`` folder written by ``save_to_disk``, or a hub dataset name
   (``name`` or ``name:config``), its ``dataset_split`` and ``text_field``;
 - ``glue_task``: the text columns of a GLUE task's training split (task-adaptive pretraining),
@@ -28,6 +29,22 @@ from apm_lightning.errors import APMError
 DOCUMENT_SPLITS = ("paragraph", "line", "file")
 
 
+def file_encoding(path: Path) -> str:
+    """``utf-8`` when the whole file decodes as UTF-8, else ``latin-1`` (which decodes any
+    bytes): old corpora such as some Project Gutenberg texts are Latin-1."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "utf-8"
+
+
 @dataclass
 class TextSource:
     files: list[str] = field(default_factory=list)
@@ -38,6 +55,7 @@ class TextSource:
     glue_task: str | None = None
     glue_data_dir: str | None = None
     max_documents: int | None = None
+    encoding: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
@@ -110,8 +128,9 @@ class TextSource:
         if path.suffix in (".jsonl", ".json"):
             yield from self._jsonl_documents(path)
             return
+        encoding = file_encoding(path) if self.encoding == "auto" else self.encoding
         try:
-            with open(path, encoding="utf-8") as f:  # universal newlines: CRLF files too
+            with open(path, encoding=encoding) as f:  # universal newlines: CRLF files too
                 if self.document_split == "file":
                     yield f.read()
                 elif self.document_split == "line":
@@ -127,7 +146,9 @@ class TextSource:
                     if paragraph:
                         yield " ".join(paragraph)
         except UnicodeDecodeError as err:
-            raise APMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+            raise APMError(
+                f"{path} is not {encoding} text ({err.reason} at byte {err.start}); set data.encoding"
+            ) from None
 
     def _jsonl_documents(self, path: Path) -> Iterator[str]:
         try:
