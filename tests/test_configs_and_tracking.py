@@ -271,3 +271,41 @@ def test_default_run_dir_is_named_after_the_task():
         data=Namespace(class_path="apm_lightning.data.squad.SQuADDataModule", init_args=Namespace())
     )
     assert _run_name(glue).startswith("rte-") and _run_name(squad).startswith("squad-")
+
+
+def test_a_warm_cache_reads_no_text_and_a_changed_file_is_checked_again(tmp_path, monkeypatch):
+    """The profile of a warm start showed the TSV parse as its largest part: a cached split is
+    neither parsed to check it nor to tokenize it, until its file changes."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from apm_lightning.data import glue as glue_module
+    from apm_lightning.data.encoders import JointPairEncoder
+    from apm_lightning.errors import APMError
+    from apm_lightning.models.backbones import minilm_path
+
+    monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "glue" / "RTE"
+    shutil.copytree(GLUE / "RTE", data)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+
+    def prepared() -> glue_module.GLUEDataModule:
+        dm = glue_module.GLUEDataModule(task="rte", data_dir=str(tmp_path / "glue"), max_train_samples=50)
+        dm.encoder = JointPairEncoder(tokenizer)
+        dm.check("fit")
+        dm.setup("fit")
+        return dm
+
+    first = prepared()
+    reads = []
+    real = glue_module.read_glue_tsv
+    monkeypatch.setattr(glue_module, "read_glue_tsv", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    warm = prepared()
+    assert reads == [] and warm.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
+    # An edited file is checked again: a broken row fails the check before any training.
+    with open(data / "dev.tsv", "a", encoding="utf-8") as f:
+        f.write("9999\tonly two columns\n")
+    with pytest.raises(APMError, match="dev.tsv"):
+        prepared()
+    assert [Path(p).name for p in reads] == ["dev.tsv"]

@@ -226,10 +226,46 @@ class GLUEDataModule(pl.LightningDataModule):
         return raw["text_a"] + raw.get("text_b", [])
 
     def check(self, stage: str) -> None:
-        """Read every split ``stage`` needs now, so bad data fails before a run starts."""
+        """Read every split ``stage`` needs now, so bad data fails before a run starts; a local
+        file already read whole (same size and modification time) is not read again."""
         for split in self._stage_splits(stage):
+            if self._loader is None:
+                self._loader = self._resolve_loader()
+            marker = self._validated_marker(split)
+            if marker is not None and marker.is_file():
+                continue
             self.raw_split(split)
+            if marker is not None:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
         rank_zero_info(f"{self.task.name} data: {self.source_description}")
+
+    def _split_file(self, split: str) -> Path | None:
+        """The file a split is read from, when it is a local file."""
+        if getattr(self, "_local_folder", None) is not None:
+            return self._local_folder / self.task.splits[split].filename
+        if self.data_files and split in self.data_files:
+            return Path(self.data_files[split])
+        return None
+
+    def _file_identity(self, split: str) -> str:
+        """Path, size and modification time of the split's file (its source otherwise): what
+        decides whether a cached result still holds."""
+        path = self._split_file(split)
+        if path is None:
+            return self.source_description
+        if not path.is_file():
+            self.raw_split(split)  # the reader's own clear error
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def _validated_marker(self, split: str) -> Path | None:
+        """Where the check of a local split file is remembered (other sources: never)."""
+        path = self._split_file(split)
+        if path is None or not path.is_file():
+            return None
+        key = json.dumps([self.task.name, split, self._file_identity(split), self._limit_for(split)])
+        return self.cache_dir / "validated" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
     def _stage_splits(self, stage: str) -> list[str]:
         if stage == "fit":
@@ -257,16 +293,10 @@ class GLUEDataModule(pl.LightningDataModule):
         return module.build_encoder(self)
 
     def _cache_key(self, split: str) -> str:
-        if getattr(self, "_local_folder", None) is not None:
-            path = self._local_folder / self.task.splits[split].filename
-            stat = path.stat()
-            origin = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        else:
-            origin = self.source_description
         parts = [
             self.task.name,
             split,
-            origin,
+            self._file_identity(split),
             self.encoder.fingerprint,
             str(self.max_seq_length),
             str(self._limit_for(split)),
@@ -274,10 +304,12 @@ class GLUEDataModule(pl.LightningDataModule):
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
     def _tokenized(self, split: str):
-        raw = self.raw_split(split)
+        if self._loader is None:
+            self._loader = self._resolve_loader()
         path = self.cache_dir / "tokenized" / f"{self.task.name}-{split}-{self._cache_key(split)}"
 
         def build() -> dict[str, list]:
+            raw = self.raw_split(split)  # only on a cache miss: a hit needs no text
             encoded = self.encoder.encode(raw["text_a"], raw.get("text_b"), self.max_seq_length)
             return {**encoded, "idx": raw["idx"], "label": raw["label"]}
 
