@@ -110,9 +110,10 @@ def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | P
             continue
         series = read_csv_log(csv_path)
         tokens = dict(series.get("val/tokens_seen", []))
-        points = [(tokens[step], value) for step, value in series.get("val/loss", []) if step in tokens]
+        # One point per token count: the final scoring of the best checkpoint repeats the last.
+        points = {tokens[step]: value for step, value in series.get("val/loss", []) if step in tokens}
         if points:
-            panels.append((label, sorted(points)))
+            panels.append((label, sorted(points.items())))
     if not panels:
         return None
     plt = _pyplot()
