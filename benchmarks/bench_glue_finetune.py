@@ -38,6 +38,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchlib import require_bench_extras  # noqa: E402  (after the environment is set)
+
 REPO = Path(__file__).resolve().parents[1]
 HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
 PEERS = (*HF_PEERS, "apm")
@@ -308,6 +310,7 @@ def accuracy_spread(args: argparse.Namespace, results: dict, run_peer) -> dict[s
 
 
 def main() -> int:
+    require_bench_extras()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["all", "hf", *PEERS], default="all")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())  # GLUE root

@@ -60,6 +60,7 @@ from benchlib import (
     print_hardware,
     print_ratios,
     ratio,
+    require_bench_extras,
     run_child,
     write_json,
 )
@@ -494,6 +495,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    require_bench_extras()
     args = parse_args()
     if args._child:
         child_main(args._child, args)

@@ -127,3 +127,11 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(f"\nwrote {path}", flush=True)
+
+
+def require_bench_extras() -> None:
+    """The Hugging Face Trainer peers need accelerate: say so before any peer runs, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        sys.exit('benchmarks: the Hugging Face Trainer peers need accelerate: pip install -e ".[bench]"')

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO, make_ratio, print_ratios, target_text, verdict_text
+from benchlib import REPO, make_ratio, print_ratios, require_bench_extras, target_text, verdict_text
 
 HERE = Path(__file__).resolve().parent
 # name -> (script, args of the full run, args of the smoke run)
@@ -113,6 +113,7 @@ def markdown(args: argparse.Namespace, done: dict[str, dict], problems: dict[str
 
 
 def main() -> int:
+    require_bench_extras()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="every benchmark in its smoke mode")
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated, of {','.join(BENCHMARKS)}")
