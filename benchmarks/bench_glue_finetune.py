@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,7 +239,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def report(results: dict[str, dict], errors: dict[str, str]) -> list[dict[str, Any]]:
+def report(
+    results: dict[str, dict], errors: dict[str, str], by_seed: dict[str, list[float]] | None = None
+) -> list[dict[str, Any]]:
+    """The table and the targets. With accuracies over several seeds (``by_seed``), the accuracy
+    target compares the means: on 63 steps one seed moves dev accuracy by a point or more."""
     print(f"\n{'peer':<20}{'train ex/s':>12}{'train s':>10}{'dev acc %':>11}", end="")
     print(f"{'peak RSS MB':>13}")
     for peer in PEERS:
@@ -256,11 +261,15 @@ def report(results: dict[str, dict], errors: dict[str, str]) -> list[dict[str, A
         return results[peer][key] if peer in results else None
 
     apm_acc, ref_acc = get("apm", "accuracy"), get("hf_dynamic", "accuracy")
+    acc_name = "apm acc - hf_dynamic acc (points)"
+    if by_seed and len(by_seed.get("apm", [])) > 1 and len(by_seed.get("hf_dynamic", [])) > 1:
+        apm_acc, ref_acc = statistics.mean(by_seed["apm"]), statistics.mean(by_seed["hf_dynamic"])
+        acc_name = f"apm acc - hf_dynamic acc, mean of {len(by_seed['apm'])} seeds"
     apm_tps = get("apm", "train_examples_per_second")
     acc_gap = None if apm_acc is None or ref_acc is None else 100 * (apm_acc - ref_acc)
     # (name, measured value, minimum); accuracy is a difference in points.
     targets = [
-        ("apm acc - hf_dynamic acc (points)", acc_gap, -1.0),
+        (acc_name, acc_gap, -1.0),
         (
             "apm ex/s / hf_pad128 ex/s",
             ratio(apm_tps, get("hf_pad128", "train_examples_per_second")),
@@ -272,12 +281,12 @@ def report(results: dict[str, dict], errors: dict[str, str]) -> list[dict[str, A
             1.0,
         ),
     ]
-    print(f"\n{'target':<38}{'value':>9}{'need':>8}  verdict")
+    print(f"\n{'target':<46}{'value':>9}{'need':>8}  verdict")
     out = []
     for name, value, need in targets:
         verdict = "n/a" if value is None else ("PASS" if value >= need else "FAIL")
         shown = "-" if value is None else f"{value:.2f}"
-        print(f"{name:<38}{shown:>9}{'>=' + format(need, 'g'):>8}  {verdict}")
+        print(f"{name:<46}{shown:>9}{'>=' + format(need, 'g'):>8}  {verdict}")
         out.append({"target": name, "value": value, "min": need, "verdict": verdict})
     return out
 
@@ -285,8 +294,6 @@ def report(results: dict[str, dict], errors: dict[str, str]) -> list[dict[str, A
 def accuracy_spread(args: argparse.Namespace, results: dict, run_peer) -> dict[str, list[float]]:
     """Dev accuracy of apm and hf_dynamic over several seeds: 2,000 rows and 63 steps move
     accuracy by a point or two from seed to seed, which a single-seed comparison cannot show."""
-    import statistics
-
     by_seed: dict[str, list[float]] = {}
     for peer in ("hf_dynamic", "apm"):
         if peer not in results:
@@ -391,8 +398,8 @@ def main() -> int:
         dt = time.perf_counter() - t0
         print(f"--- {peer} took {dt:.1f}s incl. startup/tokenize/eval", flush=True)
 
-    targets = report(results, errors)
     spread = accuracy_spread(args, results, run_peer) if args.accuracy_seeds > 1 else {}
+    targets = report(results, errors, spread)
     if args.json_out:
         workload = {k: str(v) for k, v in vars(args).items() if k != "_child"}
         payload = {"hardware": hardware, "workload": workload, "results": results}

@@ -7,7 +7,7 @@ the table, the raw measurements and the hardware go to a Markdown file (--out).
   tokenize  bench_tokenize.py        GLUEDataModule tokenization vs datasets .map, cold and warm
   startup   bench_startup.py         `apm --help` vs `import lightning.pytorch` and `python -c pass`
 
-Full run (defaults; glue with a single seed: --glue-args to change):
+Full run (defaults; glue compares dev accuracy over 3 seeds: --glue-args to change):
   python benchmarks/run_all.py --out benchmarks/results/summary.md
 Smoke run (every benchmark in its tiny mode, a few minutes on 2 cores):
   python benchmarks/run_all.py --smoke
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "glue": (
         "bench_glue_finetune.py",
-        ["--accuracy-seeds", "1"],
+        ["--accuracy-seeds", "3"],
         ["--rows", "64", "--eval-rows", "64", "--max-length", "32", "--accuracy-seeds", "1"],
     ),
     "pretrain": ("bench_pretrain.py", [], ["--smoke"]),
