@@ -33,24 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Offline and quiet before any Hugging Face import; children inherit the environment.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# benchlib sets the offline, quiet environment before any Hugging Face import.
+from benchlib import DATA_ROOT, PEER_ERRORS, REPO, ratio, require_bench_extras
 
-from benchlib import require_bench_extras  # noqa: E402  (after the environment is set)
-
-REPO = Path(__file__).resolve().parents[1]
 HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
 PEERS = (*HF_PEERS, "apm")
-# What a failed peer can raise in the parent: bad exit, missing file/command, bad JSON.
-PEER_ERRORS = (RuntimeError, OSError, ValueError, KeyError, IndexError)
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("APM_DATA_DIR")
-    return Path(env) / "glue" if env else REPO.parent / "shared" / "data" / "glue"
 
 
 def model_path() -> str:
@@ -235,10 +222,6 @@ def run_apm(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
 def report(
     results: dict[str, dict], errors: dict[str, str], by_seed: dict[str, list[float]] | None = None
 ) -> list[dict[str, Any]]:
@@ -320,7 +303,7 @@ def main() -> int:
     require_bench_extras()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["all", "hf", *PEERS], default="all")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())  # GLUE root
+    p.add_argument("--data-dir", type=Path, default=DATA_ROOT / "glue")  # GLUE root
     p.add_argument("--rows", type=int, default=2000, help="first N train rows")
     p.add_argument("--eval-rows", type=int, default=None, help="dev rows (default all)")
     p.add_argument("--max-length", type=int, default=128)

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+from benchlib import DATA_ROOT, REPO  # also sets the offline environment the children inherit
 
-REPO = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("APM_DATA_DIR", REPO.parent / "shared" / "data")) / "glue"
+from apm_lightning.runners.glue_score import summarize
 
 
 def apm(*args: str) -> float:
@@ -59,7 +54,7 @@ def main() -> int:
     p.add_argument("--max-train-samples", type=int, default=2000, help="fine-tuning rows")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
     p.add_argument("--pretrain-steps", type=int, default=150, help="TAPT optimizer steps (batch 32 x 128)")
-    p.add_argument("--data-dir", type=Path, default=GLUE)
+    p.add_argument("--data-dir", type=Path, default=DATA_ROOT / "glue")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "tapt_bench")
     args = p.parse_args()
 
@@ -83,15 +78,11 @@ def main() -> int:
     )
     print(f"{'arm':<8}{'per seed (dev acc %)':<28}{'median':>8}{'mean':>8}{'std':>7}")
     for arm in arms:
-        acc = arm["accuracy"]
-        arm.update(
-            median=statistics.median(acc),
-            mean=statistics.fmean(acc),
-            std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
-        )
+        arm.update(summarize(arm["accuracy"]))
+        std = "-" if arm["std"] is None else f"{arm['std']:.2f}"
         print(
-            f"{arm['arm']:<8}{' '.join(f'{a:.2f}' for a in acc):<28}"
-            f"{arm['median']:>8.2f}{arm['mean']:>8.2f}{arm['std']:>7.2f}"
+            f"{arm['arm']:<8}{' '.join(f'{a:.2f}' for a in arm['accuracy']):<28}"
+            f"{arm['median']:>8.2f}{arm['mean']:>8.2f}{std:>7}"
         )
     delta = arms[1]["mean"] - arms[0]["mean"]
     print(f"TAPT - none (mean dev accuracy): {delta:+.2f} points")
