@@ -1,15 +1,18 @@
 """PNG plots of runs: learning curves from each run's CSV log, and dev scores per task and seed.
 
-matplotlib with the Agg backend (no display needed); scores x100 as in the tables.
+matplotlib with the Agg backend (no display needed); scores on the 0-100 scale as in the tables
+(x100 for GLUE's 0-1 metrics, as they are for SQuAD's percentages).
 """
 
 from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from apm_lightning.reports.tables import score_scale
 
 
 def read_csv_log(path: str | Path) -> dict[str, list[tuple[float, float]]]:
@@ -50,9 +53,16 @@ def _save(plt, fig, out_png: str | Path) -> Path:
     return out_png
 
 
-def learning_curves(runs: Sequence[tuple[str, Path]], out_png: str | Path, title: str = "") -> Path | None:
-    """Training loss and dev score against the step, one line per run (label, run dir)."""
-    logs = [(label, read_csv_log(d / "csv" / "metrics.csv")) for label, d in runs]
+def learning_curves(
+    runs: Sequence[tuple[str, Path]], out_png: str | Path, title: str = "", scale: float = 100.0
+) -> Path | None:
+    """Training loss and dev score (times ``scale``) against the step, one line per run (label,
+    run dir). Runs without a CSV log are left out (the caller names them)."""
+    logs = [
+        (label, read_csv_log(d / "csv" / "metrics.csv"))
+        for label, d in runs
+        if (Path(d) / "csv" / "metrics.csv").is_file()
+    ]
     logs = [(label, s) for label, s in logs if s]
     if not logs:
         return None
@@ -64,40 +74,45 @@ def learning_curves(runs: Sequence[tuple[str, Path]], out_png: str | Path, title
             loss_ax.plot(steps, values, label=label, linewidth=1)
         if "val/main" in series:
             steps, values = zip(*series["val/main"], strict=True)
-            score_ax.plot(steps, [100 * v for v in values], marker="o", label=label)
+            score_ax.plot(steps, [scale * v for v in values], marker="o", label=label)
     loss_ax.set(xlabel="step", ylabel="training loss", title="train/loss")
     if not loss_ax.lines:  # Lightning logs every 50 steps by default
         loss_ax.text(0.5, 0.5, "no training loss logged\n(shorter than log_every_n_steps)", ha="center")
-    score_ax.set(xlabel="step", ylabel="dev score x100", title="val/main")
+    score_ax.set(xlabel="step", ylabel="dev score (0-100)", title="val/main")
     if len(logs) <= 12:
         score_ax.legend(fontsize=7)
     fig.suptitle(title)
     return _save(plt, fig, out_png)
 
 
-def scores_per_task(rows: Sequence[dict[str, Any]], out_png: str | Path, value: str = "main") -> Path | None:
-    """One column per task: each seed's score as a point, the median as a bar."""
-    tasks = list(dict.fromkeys(r["task"] for r in rows if r.get(value) is not None))
+def scores_per_task(
+    rows: Sequence[dict[str, Any]], out_png: str | Path, value: str = "main", key: Callable | None = None
+) -> Path | None:
+    """One column per task (or per ``key(row)``: the report keeps synthetic-data runs apart):
+    each seed's score as a point, the median as a bar, on the 0-100 scale."""
+    key = key or (lambda r: r["task"])
+    tasks = list(dict.fromkeys(key(r) for r in rows if r.get(value) is not None))
     if not tasks:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(tasks) + 2), 4))
     for i, task in enumerate(tasks):
-        members = [r for r in rows if r["task"] == task and r.get(value) is not None]
-        ax.bar(i, 100 * statistics.median(r[value] for r in members), color="#c7d7ea", width=0.6)
+        members = [r for r in rows if key(r) == task and r.get(value) is not None]
+        points = [score_scale(r.get("task"), value) * r[value] for r in members]
+        ax.bar(i, statistics.median(points), color="#c7d7ea", width=0.6)
         offsets = [0.2 * (j / max(1, len(members) - 1) - 0.5) for j in range(len(members))]
-        ax.scatter([i + o for o in offsets], [100 * r[value] for r in members], color="#1f4e79", zorder=3)
-        for o, r in zip(offsets, members, strict=True):
+        ax.scatter([i + o for o in offsets], points, color="#1f4e79", zorder=3)
+        for o, r, y in zip(offsets, members, points, strict=True):
             if r.get("seed") is not None:
                 ax.annotate(
                     str(r["seed"]),
-                    (i + o, 100 * r[value]),
+                    (i + o, y),
                     fontsize=6,
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set(ylabel="dev score x100 (points: seeds, bars: median)", title="scores per task and seed")
+    ax.set(ylabel="dev score, 0-100 (points: seeds, bars: median)", title="scores per task and seed")
     return _save(plt, fig, out_png)
 
 

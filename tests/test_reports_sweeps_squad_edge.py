@@ -1,0 +1,124 @@
+"""Edge cases of `apm report`, `apm sweep` and the SQuAD v2.0 threshold (issue 10): SQuAD scores
+are not scaled twice, synthetic-data runs never pool with real ones, a run without a CSV log or
+a folder without runs is one line; a sweep whose every trial fails exits 2 with one line; the
+no-answer threshold follows the official script and says when it cannot be tuned."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apm_lightning.cli import main
+from apm_lightning.metrics.squad import find_best_thresh, squad_v2_scores, squad_v2_tuned
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
+SQUAD_V2 = REPO.parent / "shared" / "data" / "squad" / "v2.0" / "train-v2.0.first11articles.json"
+QUIET = ["--wandb_mode", "disabled"]
+
+SQUAD_METRICS = {  # as `apm fit` of a v2.0 model writes them: the official scripts' 0-100 scale
+    "exact": 88.2,
+    "f1": 91.2,
+    "main": 89.7,
+    "HasAns_exact": 80.0,
+    "HasAns_f1": 86.0,
+    "NoAns_exact": 96.0,
+    "NoAns_f1": 96.0,
+    "best_exact": 88.2,
+    "best_exact_thresh": -1.5,
+    "best_f1": 91.2,
+    "best_f1_thresh": -1.25,
+    "null_threshold": -1.25,
+}
+
+
+def write_run(
+    root: Path, name: str, task: str, seed: int, metrics: dict[str, float], source: str, csv_log: bool = True
+) -> Path:
+    """A run directory as `apm fit` leaves it: results.json (with data_source) and the CSV log."""
+    run = root / name
+    run.mkdir(parents=True)
+    results = {
+        "task": task,
+        "metrics": metrics,
+        "train_examples_per_second": 100.0,
+        "train_wall_seconds": 5.0,
+        "peak_rss_mb": 800.0,
+        "data_source": source,
+        "config": {
+            "seed_everything": seed,
+            "model": {"class_path": "x.TransformerClassifier", "init_args": {"backbone": "minilm"}},
+        },
+        "run_dir": str(run),
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    if csv_log:
+        (run / "csv").mkdir()
+        lines = ["epoch,step,train/loss,val/main", "0,1,0.9,", "0,2,0.5,", f"0,2,,{metrics['main']}"]
+        (run / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def report(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(["report", *args, *QUIET])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+# ------------------------------------------------------------------ apm report
+def test_report_scales_squad_once_and_keeps_synthetic_runs_apart(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    real = "local GLUE files: /data/glue/SST-2"
+    write_run(runs, "sst2-s0", "sst2", 0, {"accuracy": 0.90, "main": 0.90}, real)
+    write_run(runs, "sst2-s1", "sst2", 1, {"accuracy": 0.92, "main": 0.92}, "Hugging Face hub: nyu-mll/glue")
+    write_run(runs, "demo", "sst2", 0, {"accuracy": 0.55, "main": 0.55}, "synthetic SST-2-style task (x)")
+    write_run(runs, "squad", "squad_v2", 0, SQUAD_METRICS, "local SQuAD files: /data/squad/v2.0")
+    rc, stdout, stderr = report([str(runs), "--out", str(out)], capsys)
+    assert rc == 0 and stderr == ""
+    markdown = (out / "report.md").read_text()
+    # SQuAD's EM and F1 as results.json has them (not 8820.00 / 9119.00), GLUE's x100.
+    assert "| squad_v2 | - | 1 | 89.70 | 89.70 | - | - | 88.20 | 91.20 |" in markdown
+    # The two real SST-2 runs pool (hub and local files are the same data); the demo's do not.
+    assert "| sst2 | - | 2 | 91.00 | 91.00 | 1.41 | 91.00 | - | - |" in markdown
+    assert "| sst2 | synthetic | 1 | 55.00 | 55.00 | - | 55.00 | - | - |" in markdown
+    assert "never pooled" in markdown
+    with (out / "tasks.csv").open() as f:
+        groups = {(r["task"], r["data"]): r for r in csv.DictReader(f)}
+    assert set(groups) == {("sst2", ""), ("sst2", "synthetic"), ("squad_v2", "")}
+    assert float(groups[("squad_v2", "")]["f1_median"]) == pytest.approx(91.2)  # as results.json
+    with (out / "report.csv").open() as f:
+        demo = next(r for r in csv.DictReader(f) if r["run"].endswith("demo"))
+    assert demo["data"] == "synthetic"
+    pngs = sorted(p.name for p in (out / "plots").iterdir())
+    assert pngs == ["curves_squad_v2.png", "curves_sst2.png", "curves_sst2_synthetic_data.png", "scores.png"]
+
+
+def test_report_without_csv_log_warns_and_a_folder_without_runs_is_one_line(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    write_run(runs, "a", "rte", 0, {"accuracy": 0.6, "main": 0.6}, "local GLUE files: x")
+    write_run(runs, "b", "rte", 1, {"accuracy": 0.7, "main": 0.7}, "local GLUE files: x", csv_log=False)
+    write_run(runs, "c", "mrpc", 0, {"f1": 0.8, "accuracy": 0.7, "main": 0.75}, "x", csv_log=False)
+    (runs / "broken").mkdir()
+    (runs / "broken" / "results.json").write_text("{not json")
+    rc, _, stderr = report([str(runs), "--out", str(out)], capsys)
+    assert rc == 0
+    lines = stderr.splitlines()
+    assert len(lines) == 3 and all(x.startswith("apm report: warning: ") for x in lines), stderr
+    assert "b has no csv/metrics.csv" in stderr and "c has no csv/metrics.csv" in stderr
+    assert "broken/results.json: unreadable results.json" in stderr
+    assert (out / "plots" / "curves_rte.png").is_file()  # the run with a log
+    assert not (out / "plots" / "curves_mrpc.png").exists()  # no run with a log: no plot
+    assert "| rte | 2 | 65.00 |" in (out / "report.md").read_text()
+
+    empty, out2 = tmp_path / "empty", tmp_path / "report2"
+    (empty / "sub").mkdir(parents=True)
+    rc, stdout, stderr = report([str(empty), "--out", str(out2)], capsys)
+    assert rc == 2 and stdout == "" and len(stderr.splitlines()) == 1
+    assert stderr.startswith("apm: error: no finished run in ") and not out2.exists()
