@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from apm_lightning.cli import main
-from apm_lightning.metrics.squad import find_best_thresh, squad_v2_scores, squad_v2_tuned
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
@@ -122,3 +117,48 @@ def test_report_without_csv_log_warns_and_a_folder_without_runs_is_one_line(tmp_
     rc, stdout, stderr = report([str(empty), "--out", str(out2)], capsys)
     assert rc == 2 and stdout == "" and len(stderr.splitlines()) == 1
     assert stderr.startswith("apm: error: no finished run in ") and not out2.exists()
+
+
+# ------------------------------------------------------------------ apm sweep
+def test_sweep_help_says_fit_options_can_be_appended(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "[fit options" in text.splitlines()[0]
+    assert "apm sweep -c experiments/sweeps/tiny_rte.yaml --n-trials 4 --data.data_dir" in text
+
+
+def test_sweep_whose_trials_all_fail_exits_2_with_the_first_error(tmp_path, monkeypatch, capfd):
+    """The README's sweep without --data.data_dir, offline: every trial fails on the data."""
+    monkeypatch.delenv("APM_DATA_DIR", raising=False)
+    monkeypatch.delenv("APM_DEBUG", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "sweep"
+    cmd = ["sweep", "-c", TINY_SWEEP, "--out", str(out), "--launcher", "inprocess", *QUIET]
+    no_data = "GLUE task rte: no local copy found and offline mode is set"
+
+    def run(n: int) -> tuple[int, str, str]:
+        rc = main([*cmd, "--n-trials", str(n)])
+        captured = capfd.readouterr()
+        return rc, captured.out, captured.err
+
+    rc, stdout, stderr = run(1)
+    assert rc == 2 and "Traceback" not in stdout + stderr
+    assert stdout.count("FAILED") == 1 and not (out / "trial-0000" / "results.json").exists()
+    error = stderr.splitlines()[-1]
+    assert error.startswith("apm: error: sweep tiny_rte: all 1 trial(s) this worker ran failed; trial 0: ")
+    assert no_data in error and "--data.data_dir" in error
+
+    # Again: the study has its one (failed) trial, nothing runs, and it still is no result.
+    rc, stdout, stderr = run(1)
+    assert rc == 2 and "FAILED" not in stdout
+    assert "1 trial(s) failed, none completed (failed trials count toward --n-trials" in stderr
+
+    # A larger total: two more trials fail the same way, and the worker stops there.
+    rc, stdout, stderr = run(6)
+    assert rc == 2 and "Traceback" not in stdout + stderr and stdout.count("FAILED") == 2
+    assert "trials 1 and 2 failed the same way and none has completed; trial 1: " in stderr
+    summary = json.loads((out / "best.json").read_text())  # the record of the study stays
+    assert summary["trials"]["FAIL"] == 3 and summary["best"] is None

@@ -144,7 +144,8 @@ def test_killed_trials_are_failed_and_the_study_goes_on(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setattr(launch.sys, "executable", str(fake))
     out = tmp_path / "sweep"
-    assert main(["sweep", "-c", TINY_SWEEP, "--n-trials", "2", "--out", str(out), *QUIET]) == 0
+    # No trial completed: exit 2 (issue 10), the study keeps both failures.
+    assert main(["sweep", "-c", TINY_SWEEP, "--n-trials", "2", "--out", str(out), *QUIET]) == 2
     trials = counted(load(out))
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
     error = trials[0].user_attrs["error"]

@@ -10,7 +10,12 @@ pruner stops a weak trial after a validation (:class:`~apm_lightning.runners.pru
 The study lives in a database: SQLite in OUT by default, or any SQLAlchemy URL (PostgreSQL,
 MySQL) that workers on many machines share. ``--n-trials`` is the study's total, not each
 worker's: running the command again continues the study, and workers started at once share the
-count. A trial that crashes or runs out of memory is recorded as failed and the study goes on.
+count. A trial that crashes or runs out of memory is recorded as failed and the study goes on;
+each failure is one line (``APM_DEBUG=1`` adds Optuna's traceback). When no trial completes, the
+command exits 2 with the first trial's error; two trials in a row failing the same way before
+any completed stop the worker (the fault is in the options or data, not in the sampled values).
+
+Options ``apm sweep`` does not know go to every trial's ``apm fit`` (``--data.data_dir DIR``).
 
 ``--backend wandb`` writes a W&B sweep file instead, for ``wandb sweep`` and ``wandb agent``.
 """
@@ -18,13 +23,16 @@ count. A trial that crashes or runs out of memory is recorded as failed and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import shlex
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +224,8 @@ class SweepWorker:
         self.n_trials = 0  # the study's total, set by run()
         self.full = False
         self.ran = 0
+        self.failures: list[tuple[int, str]] = []  # (trial number, one-line reason) of this worker's
+        self.stopped: str | None = None  # why this worker stopped before --n-trials
 
     def trial_args(self, trial, params: dict[str, Any], run_dir: Path) -> list[str]:
         args = [
@@ -260,16 +270,34 @@ class SweepWorker:
         except RunFailed as err:
             if (run_dir / PRUNED_FILE).is_file():
                 raise optuna.TrialPruned(json.loads((run_dir / PRUNED_FILE).read_text())["reason"]) from None
-            trial.set_user_attr("error", redact_url(str(err))[:500])
-            print(f"apm sweep: trial {trial.number} FAILED: {redact_url(str(err))}", flush=True)
+            reason = redact_url(str(err))
+            trial.set_user_attr("error", reason[:500])
+            print(f"apm sweep: trial {trial.number} FAILED: {reason}", flush=True)
+            self._failed(trial.number, reason, run_dir)
             raise
+        self.failures.clear()  # only failures in a row, before any success, stop the worker
         results = json.loads((run_dir / "results.json").read_text())
         trial.set_user_attr("results", str((run_dir / "results.json").resolve()))
         return metric_value(results, self.spec.metric)
 
+    def _failed(self, number: int, reason: str, run_dir: Path) -> None:
+        """Stop after two failures in a row with the same reason while no trial of the study
+        has completed: the next trials would fail the same way."""
+        from optuna.trial import TrialState
+
+        # The reasons name the trial's own folder and log; compare them without it.
+        same = re.sub(r"trial-\d+", "trial-N", reason.replace(str(run_dir), "RUN_DIR"))
+        self.failures.append((number, same))
+        if len(self.failures) >= 2 and self.failures[-1][1] == self.failures[-2][1]:
+            done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if not done:
+                self.stopped = (
+                    f"trials {self.failures[-2][0]} and {number} failed the same way and none has completed"
+                )
+
     def run(self, n_trials: int) -> None:
         self.n_trials = n_trials
-        while not self.full and len(_counted(self.study)) < n_trials:
+        while not self.full and not self.stopped and len(_counted(self.study)) < n_trials:
             # One trial per call, so the count is read again before each: workers share it.
             self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
@@ -367,10 +395,20 @@ def wandb_sweep_config(spec: SweepSpec, out: Path, extra: list[str], project: st
 
 
 # --------------------------------------------------------------------------- command line
+FIT_OPTIONS_HELP = """fit options:
+  Any option apm sweep does not know is passed to every trial's apm fit (after the sweep
+  file's overrides, before the sampled values), e.g. where the data is:
+    apm sweep -c experiments/sweeps/tiny_rte.yaml --n-trials 4 --data.data_dir ../shared/data/glue
+  (--model is the sweep's own: a model config YAML or a backbone, as in apm glue.)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="apm sweep",
+        usage="apm sweep -c SWEEP.yaml [options] [fit options, e.g. --data.data_dir DIR]",
         description=__doc__,
+        epilog=FIT_OPTIONS_HELP,
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -408,12 +446,55 @@ def sweep_main(argv: list[str]) -> dict[str, Any]:
         raise APMError("--n-trials must be at least 1")
     url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = args.study_name or spec.name
-    study = open_study(spec, url, name, args.sampler_seed)
-    print(
-        f"apm sweep: study {name} in {redact_url(url)}: {len(_counted(study))} of {args.n_trials} trials",
-        flush=True,
-    )
-    worker = SweepWorker(spec, study, url, out, args.launcher, extra)
-    worker.run(args.n_trials)
+    with _quiet_optuna():
+        study = open_study(spec, url, name, args.sampler_seed)
+        print(
+            f"apm sweep: study {name} in {redact_url(url)}: {len(_counted(study))} of {args.n_trials} trials",
+            flush=True,
+        )
+        worker = SweepWorker(spec, study, url, out, args.launcher, extra)
+        worker.run(args.n_trials)
     print(f"apm sweep: this worker ran {worker.ran} trial(s)", flush=True)
-    return write_summary(study, spec, out, url)
+    summary = write_summary(study, spec, out, url)
+    check_outcome(study, worker)
+    return summary
+
+
+def check_outcome(study, worker: SweepWorker) -> None:
+    """Refuse (exit 2) a sweep in which no trial completed, naming the first trial's error: a
+    study of failures is no result, whatever the table above says."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("apm_skipped")]
+    mine_failed = worker.ran > 0 and len(worker.failures) == worker.ran
+    if any(t.state in finished for t in trials) and not mine_failed:
+        return
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if not failed:
+        return  # nothing ran yet, or trials of other workers are still running
+    if mine_failed:
+        first = next(t for t in failed if t.number == worker.failures[0][0])
+        why = worker.stopped or f"all {worker.ran} trial(s) this worker ran failed"
+    else:
+        first = failed[0]
+        why = f"{len(failed)} trial(s) failed, none completed"
+        if worker.ran == 0:
+            why += " (failed trials count toward --n-trials: raise it, or give a new --study-name)"
+    error = first.user_attrs.get("error") or "no error recorded"
+    raise APMError(f"sweep {study.study_name}: {why}; trial {first.number}: {error}")
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every failed trial with its traceback; our one line per trial says it, so
+    its log is kept to errors unless APM_DEBUG is set."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    if os.environ.get("APM_DEBUG", "") in ("", "0"):
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
