@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
 
 from apm_lightning.cli import main
+from apm_lightning.data.squad import SQuADDataModule
+from apm_lightning.metrics.squad import find_best_thresh, raw_scores_v2, squad_v2_scores, squad_v2_tuned
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
@@ -162,3 +165,126 @@ def test_sweep_whose_trials_all_fail_exits_2_with_the_first_error(tmp_path, monk
     assert "trials 1 and 2 failed the same way and none has completed; trial 1: " in stderr
     summary = json.loads((out / "best.json").read_text())  # the record of the study stays
     assert summary["trials"]["FAIL"] == 3 and summary["best"] is None
+
+
+# ------------------------------------------------------------------ SQuAD v2.0 threshold
+def official_find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
+    """``find_best_thresh`` of the official evaluate-v2.0.py, as it is written there (indented by 4)."""
+    num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
+    cur_score = num_no_ans
+    best_score = cur_score
+    best_thresh = 0.0
+    qid_list = sorted(na_probs, key=lambda k: na_probs[k])
+    for _i, qid in enumerate(qid_list):  # (`i` there, unused)
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            if preds[qid]:
+                diff = -1
+            else:
+                diff = 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / len(scores), best_thresh
+
+
+def test_threshold_search_is_the_official_one_on_random_cases():
+    rng = random.Random(0)
+    words = ["cat", "dog", "the cat", "a dog sat", "eel", ""]
+    for _ in range(300):
+        n = rng.randint(1, 8)
+        golds = {f"q{i}": rng.choice([[], [rng.choice(words[:-1])]]) for i in range(n)}
+        preds = {q: rng.choice(words) for q in golds}
+        # Null odds in logit units (negative ones too), with ties.
+        odds = {q: rng.choice([-3.43, -1.0, 0.0, 0.5, 2.0, rng.uniform(-5, 5)]) for q in golds}
+        has_ans = {q: bool(g) for q, g in golds.items()}
+        for raw in raw_scores_v2(golds, preds):
+            assert find_best_thresh(preds, raw, odds, has_ans) == official_find_best_thresh(
+                preds, raw, odds, has_ans
+            )
+        # The model's tuned threshold is the official best_f1_thresh, whatever the case.
+        answers = {q: p or "x" for q, p in preds.items()}  # the best span is never empty
+        scores, threshold = squad_v2_tuned(golds, answers, odds)
+        official = official_find_best_thresh(answers, raw_scores_v2(golds, answers)[1], odds, has_ans)
+        assert (scores["best_f1"], threshold) == official and scores["best_f1_thresh"] == threshold
+
+
+def test_threshold_where_answering_never_helps_is_the_official_zero():
+    """Two unanswerable questions and a wrong answer: answering nothing scores 2/3 and no
+    threshold beats it; the official script reports 0.0 (apm used to report -3.43)."""
+    golds = {"a": [], "b": [], "c": ["cat"]}
+    answers = {"a": "x", "b": "y", "c": "dog"}
+    odds = {"a": -3.43, "b": 1.5, "c": -2.0}
+    official = squad_v2_scores(golds, answers, odds)
+    assert official["best_f1"] == pytest.approx(200 / 3) and official["best_f1_thresh"] == 0.0
+    scores, threshold = squad_v2_tuned(golds, answers, odds)
+    assert threshold == scores["best_f1_thresh"] == scores["best_exact_thresh"] == 0.0
+    # The model's predictions at 0.0: "" above it (b), the answers at or below it (a, c).
+    assert scores["exact"] == scores["f1"] == pytest.approx(100 / 3) and scores["NoAns_exact"] == 50.0
+    assert scores["best_f1"] == pytest.approx(200 / 3)  # the script's number, as it prints it
+
+
+def test_threshold_where_answering_helps_is_the_last_rise():
+    golds = {"a": [], "b": ["cat"], "c": ["dog"], "d": []}
+    answers = {"a": "x", "b": "cat", "c": "big dog", "d": "y"}
+    odds = {"b": -2.5, "a": -1.0, "c": 0.25, "d": 4.0}
+    # From 2 (a, d right): b +1 -> 3 (t=-2.5); a -1 -> 2; c +2/3 (F1) -> 2.67; d -1.
+    scores, threshold = squad_v2_tuned(golds, answers, odds)
+    assert threshold == -2.5 and scores["best_f1"] == pytest.approx(75.0)
+    assert scores["f1"] == pytest.approx(75.0) and scores["HasAns_f1"] == 50.0
+
+
+def test_threshold_without_unanswerable_questions_answers_all():
+    golds = {"a": ["cat"], "b": ["dog"], "c": ["eel"]}
+    answers = {"a": "cat", "b": "cow", "c": "eel"}
+    odds = {"a": -2.0, "b": 1.0, "c": 3.0}
+    scores, threshold = squad_v2_tuned(golds, answers, odds)
+    assert threshold == 3.0 and "NoAns_total" not in scores  # the highest odds: answer everything
+
+
+def _v2_file(path: Path, unanswerable_in_dev: bool) -> Path:
+    def article(title: str, impossible: bool) -> dict:
+        context = f"{title} has a red cat."
+        qas = [
+            {
+                "id": f"{title}-1",
+                "question": "What colour?",
+                "answers": [{"text": "red", "answer_start": len(title) + 7}],
+                "is_impossible": False,
+            }
+        ]
+        if impossible:
+            qas.append({"id": f"{title}-2", "question": "Who?", "answers": [], "is_impossible": True})
+        return {"title": title, "paragraphs": [{"context": context, "qas": qas}]}
+
+    data = [article("Train", True), article("Dev", unanswerable_in_dev)]
+    path.write_text(json.dumps({"version": "v2.0", "data": data}))
+    return path
+
+
+def test_validation_without_unanswerable_questions_warns_in_one_line(tmp_path, capsys):
+    no_abstain = _v2_file(tmp_path / "a.json", unanswerable_in_dev=False)
+    dm = SQuADDataModule(train_file=str(no_abstain), split_by_article=1)
+    dm.check("fit")
+    assert dm.squad_version == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("apm: warning: none of the 1 SQuAD v2.0 validation questions is unanswerable")
+    assert "--data.split_by_article" in line
+    dm.check("test")  # the threshold is not tuned on test: no warning
+    assert capsys.readouterr().err == ""
+    fine = _v2_file(tmp_path / "b.json", unanswerable_in_dev=True)
+    SQuADDataModule(train_file=str(fine), split_by_article=1).check("validate")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not SQUAD_V2.is_file(), reason="../shared/data/squad is missing")
+def test_the_real_v2_file_split_after_six_articles_warns(capsys):
+    """Articles 7-11 of the offline v2.0 file have no unanswerable question; 5 and 6 have."""
+    SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=6).check("fit")
+    assert "apm: warning: none of the 2243 SQuAD v2.0 validation questions" in capsys.readouterr().err
+    SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=4).check("fit")
+    assert capsys.readouterr().err == ""

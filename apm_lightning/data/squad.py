@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 from apm_lightning.data import sources
@@ -462,6 +463,8 @@ class SQuADDataModule(pl.LightningDataModule):
         for split in self._stage_splits(stage):
             self.examples(split)
         rank_zero_info(f"SQuAD v{self.squad_version} data: {self.source_description}")
+        if stage in ("fit", "validate") and self.squad_version == 2:
+            _warn_if_nothing_to_abstain_on(self.examples("validation"))
 
     # ------------------------------------------------------------------ tokenization
     def _make_encoder(self):
@@ -564,4 +567,19 @@ class SQuADDataModule(pl.LightningDataModule):
             shuffle=False,
             collate_fn=QACollator(self.encoder.pad_values),
             num_workers=self.num_workers,
+        )
+
+
+@rank_zero_only
+def _warn_if_nothing_to_abstain_on(questions: Sequence[QAExample]) -> None:
+    """The v2.0 no-answer threshold is tuned on the validation questions; without an
+    unanswerable one among them it can only learn to answer, and nothing else would say so."""
+    if questions and all(q.answers for q in questions):
+        print(
+            f"apm: warning: none of the {len(questions)} SQuAD v2.0 validation questions is "
+            "unanswerable, so the no-answer threshold is tuned to answer (it cannot learn to "
+            "abstain); validate on questions that include unanswerable ones (another "
+            "--data.split_by_article, --data.validation_file or a larger --data.max_eval_samples)",
+            file=sys.stderr,
+            flush=True,
         )

@@ -98,11 +98,20 @@ def _mean(scores: Mapping[str, float], qids: Iterable[str]) -> float:
     return 100.0 * sum(scores[q] for q in qids) / len(qids)
 
 
-def _best_thresh(predictions, scores, na_probs, has_ans) -> tuple[float, float, bool]:
-    """``find_best_thresh`` of the official script, plus whether any threshold beat answering
-    nothing (the script then reports 0.0, which is not a 'no answers' threshold for logits)."""
+def find_best_thresh(
+    predictions: Mapping[str, str],
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_ans: Mapping[str, bool],
+) -> tuple[float, float]:
+    """The best score over no-answer thresholds and that threshold, step for step as
+    ``find_best_thresh`` of the official script: start from answering nothing (each
+    unanswerable question right) with threshold 0.0, answer the questions by rising ``na_probs``
+    and keep the threshold only where the score strictly rises. Where answering never helps,
+    the threshold stays 0.0 (the script's convention, also the reference code's default
+    null-score-difference threshold)."""
     current = best = sum(1 for q in has_ans if not has_ans[q])
-    threshold, improved = 0.0, False
+    threshold = 0.0
     for qid in sorted(na_probs, key=lambda q: na_probs[q]):
         if qid not in scores:
             continue
@@ -111,19 +120,8 @@ def _best_thresh(predictions, scores, na_probs, has_ans) -> tuple[float, float, 
         elif predictions[qid]:
             current -= 1
         if current > best:
-            best, threshold, improved = current, na_probs[qid], True
-    return 100.0 * best / len(scores), threshold, improved
-
-
-def find_best_thresh(
-    predictions: Mapping[str, str],
-    scores: Mapping[str, float],
-    na_probs: Mapping[str, float],
-    has_ans: Mapping[str, bool],
-) -> tuple[float, float]:
-    """The best score over no-answer thresholds and that threshold, as the official script."""
-    score, threshold, _ = _best_thresh(predictions, scores, na_probs, has_ans)
-    return score, threshold
+            best, threshold = current, na_probs[qid]
+    return 100.0 * best / len(scores), threshold
 
 
 def squad_v2_scores(
@@ -166,17 +164,16 @@ def squad_v2_tuned(
     ``answers`` holds each question's best non-empty answer and ``null_odds`` its null-score
     difference (null score minus best span score). The threshold is the official
     ``best_f1_thresh``; the model predicts ``""`` above it. Returns the official breakdown of
-    those final predictions (so ``f1`` equals ``best_f1``), the ``best_*`` values, and the
-    threshold. Where answering nothing is best, the script reports a threshold of 0.0 (meant
-    for probabilities); here it is one below every null odds, which does answer nothing.
+    those final predictions, the ``best_*`` values, and the threshold. ``f1`` equals ``best_f1``
+    except where answering never beats answering nothing: the official threshold is then 0.0
+    (its convention) and ``exact``/``f1`` are those of the predictions at 0.0, which the model
+    makes (``best_f1`` stays the script's score of answering nothing).
     """
     has_ans = {qid: bool(a) for qid, a in golds.items()}
     exact_raw, f1_raw = raw_scores_v2(golds, answers)
-    below_all = min(null_odds.values(), default=0.0) - 1.0
     best = {}
     for name, raw in (("exact", exact_raw), ("f1", f1_raw)):
-        score, threshold, improved = _best_thresh(answers, raw, null_odds, has_ans)
-        best[f"best_{name}"], best[f"best_{name}_thresh"] = score, threshold if improved else below_all
+        best[f"best_{name}"], best[f"best_{name}_thresh"] = find_best_thresh(answers, raw, null_odds, has_ans)
     threshold = best["best_f1_thresh"]
     final = {qid: "" if null_odds[qid] > threshold else text for qid, text in answers.items()}
     return {**squad_v2_scores(golds, final), **best}, threshold

@@ -11,8 +11,10 @@ picks the best checkpoint. For v2.0 the model answers ``""`` when its null-score
 above a threshold; the threshold is the official ``best_f1_thresh`` chosen on the validation
 questions at every validation, so ``exact``/``f1`` are those of the thresholded predictions
 (``f1`` = the script's ``best_f1``, the number SQuAD 2.0 papers report) and ``null_threshold``,
-``HasAns_*``, ``NoAns_*`` and ``best_exact`` are logged beside them. The threshold is kept in the
-checkpoint and used by ``apm predict`` and ``apm test``.
+``HasAns_*``, ``NoAns_*`` and ``best_exact`` are logged beside them. Where answering never beats
+answering nothing, the threshold is the script's 0.0 (:func:`~apm_lightning.metrics.squad.squad_v2_tuned`);
+without an unanswerable validation question it cannot learn to abstain, which the data module
+warns about. The threshold is kept in the checkpoint and used by ``apm predict`` and ``apm test``.
 """
 
 from __future__ import annotations
