@@ -4,7 +4,7 @@
 
 A RUN_DIR is a run directory or any folder above some (searched for ``results.json``). Writes
 OUT/report.md (every run, then median, mean and standard deviation per task), OUT/report.csv
-(one row per run, scores in 0-1), OUT/tasks.csv, OUT/plots/scores.png and one
+(one row per run, scores as results.json has them), OUT/tasks.csv, OUT/plots/scores.png and one
 OUT/plots/curves_<task>.png per task (from each run's ``csv/metrics.csv``; a run without one
 is named in a warning and left out of the plot). Scores are shown on the 0-100 scale (GLUE's 0-1
 metrics x100, SQuAD's as they are). Runs on apm's synthetic stand-in data (``apm demo`` offline)
