@@ -31,6 +31,8 @@ PATH_KEYS = ("backbone", "tokenizer")
 CODE_KEY = "trust_remote_code"
 # Lightning's bookkeeping in the hyper-parameters: names of things to import, never followed.
 LIGHTNING_KEYS = ("_instantiator", "_class_path")
+# The one instantiator LightningCLI records (a checkpoint naming another is not Lightning's).
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
 def model_registry() -> dict[str, type]:
@@ -57,6 +59,12 @@ def checkpoint_model_name(checkpoint: dict[str, Any], source: str) -> str | None
                 f"({', '.join(n.rsplit('.', 1)[-1] for n in MODEL_CLASSES)}); apm never imports a class "
                 "a checkpoint names"
             )
+    instantiator = hparams.get("_instantiator")
+    if instantiator not in (None, LIGHTNING_INSTANTIATOR):
+        raise APMError(
+            f"checkpoint {source} names the instantiator {instantiator!r}, not Lightning's; apm never "
+            "imports what a checkpoint names"
+        )
     if len(set(names)) > 1:
         raise APMError(f"checkpoint {source} names two model classes ({' and '.join(names)}): not apm's")
     return names[0] if names else None
