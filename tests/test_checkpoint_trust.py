@@ -144,6 +144,16 @@ def hostile_variants(trained: Path, tmp_path: Path, marker: Path, monkeypatch) -
 
 
 # ----------------------------------------------------------------------------- the checks
+def test_the_allow_list_is_apms_lightning_modules():
+    import lightning.pytorch as pl
+
+    from apm_lightning.trust import MODEL_CLASSES, model_registry
+
+    registry = model_registry()
+    assert sorted(registry) == sorted(MODEL_CLASSES)
+    assert all(issubclass(cls, pl.LightningModule) for cls in registry.values())
+
+
 def test_the_remote_code_folder_runs_code_when_the_user_trusts_it(tmp_path):
     """The fixture is really hostile: a loader told to trust it imports modeling_evil.py."""
     marker = tmp_path / "marker"
@@ -226,7 +236,7 @@ def test_a_replaced_option_is_named_in_one_line(trained, tmp_path, capsys):
     assert apm("validate", "--ckpt_path", best, "--model.learning_rate", "0.5", *root) == 0
     warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("apm: warning:")]
     assert len(warnings) == 1 and "model.learning_rate (0.5 -> 0.001)" in warnings[0]
-    # The code permission is the user's to give, whatever the checkpoint says.
+    # The settings it was trained with: nothing to name.
     assert apm("validate", "--ckpt_path", best, *root) == 0
     assert "apm: warning" not in capsys.readouterr().err
 
