@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     command = ALIASES.get(command, command)
     from apm_lightning.errors import APMError
+    from apm_lightning.redact import redact_text
 
     try:
         if command in LIGHTNING_COMMANDS:
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         cause = _user_error(err, APMError)
         if cause is None or debug:
             raise
-        print(f"apm: error: {cause}", file=sys.stderr)
+        # Paths and URLs in a message may hold a token or password.
+        print(f"apm: error: {redact_text(str(cause))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("apm: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ tokenizer) that ``AutoModelForSequenceClassification.from_pretrained(OUT)`` load
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,16 +13,15 @@ from apm_lightning.errors import APMError
 
 
 def load_module_from_checkpoint(path: str | Path, allow_unsafe: bool = False):
-    """The LightningModule a checkpoint was written by, with its weights."""
+    """The LightningModule a checkpoint was written by, with its weights: one of apm's own
+    classes, never code the checkpoint names or asks for (see ``apm_lightning.trust``)."""
     from apm_lightning.training.cli import verify_checkpoint
+    from apm_lightning.trust import load_module
 
     checkpoint = verify_checkpoint(str(path), allow_unsafe=allow_unsafe)
-    info = checkpoint.get("apm")
-    if not info:
+    if not checkpoint.get("apm"):
         raise APMError(f"{path} was not written by apm-lightning (no 'apm' section)")
-    module_path, _, name = info["module"].rpartition(".")
-    cls = getattr(importlib.import_module(module_path), name)
-    return cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=not allow_unsafe)
+    return load_module(checkpoint, str(path))
 
 
 def export_checkpoint(
@@ -49,6 +48,7 @@ def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
     tmp.mkdir(parents=True)
     try:
         module.export_hf(str(tmp))
+        strip_remote_code(tmp)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -56,6 +56,20 @@ def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def strip_remote_code(folder: Path) -> None:
+    """An exported folder carries no code to run: no ``auto_map`` (which points
+    ``trust_remote_code`` loaders at Python files) in its configs, and no Python files."""
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(config, dict) and "auto_map" in config:
+                del config["auto_map"]
+                path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for code in folder.glob("*.py"):
+        code.unlink()
 
 
 def export_main(argv: list[str]) -> None:

@@ -32,6 +32,7 @@ from apm_lightning.data.cache import default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, ResumableLoader
 from apm_lightning.data.text_sources import TextSource
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact_text
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
@@ -95,7 +96,7 @@ def build_token_files(
         "format": FORMAT_VERSION,
         "dtype": np.dtype(dtype).name,
         "separator_id": sep,
-        "source": source.describe(),
+        "source": redact_text(source.describe()),
         **{f"{split}_{key}": value for split in SPLITS for key, value in counts[split].items()},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -211,7 +212,7 @@ class CorpusDataModule(pl.LightningDataModule):
     def check(self, stage: str) -> None:
         """Fail before training on text that is not there (globs that match nothing)."""
         self.source_description = self.source.describe()
-        rank_zero_info(f"corpus: {self.source_description}")
+        rank_zero_info(redact_text(f"corpus: {self.source_description}"))
 
     def _load_tokenizer(self):
         if self.tokenizer_name:
@@ -275,8 +276,10 @@ class CorpusDataModule(pl.LightningDataModule):
                 )
             self.datasets[split] = blocks
         rank_zero_info(
-            f"corpus: {self.meta['train_tokens']:,} train tokens ({len(self.datasets['train']):,} blocks), "
-            f"{self.meta['validation_tokens']:,} validation tokens, in {folder}"
+            redact_text(
+                f"corpus: {self.meta['train_tokens']:,} train tokens ({len(self.datasets['train']):,} "
+                f"blocks), {self.meta['validation_tokens']:,} validation tokens, in {folder}"
+            )
         )
 
     # ------------------------------------------------------------------ loaders

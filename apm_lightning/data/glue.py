@@ -25,6 +25,7 @@ from apm_lightning.data.collate import EpochBatchSampler, PadCollator, Resumable
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class GLUEDataModule(pl.LightningDataModule):
             if marker is not None:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
-        rank_zero_info(f"{self.task.name} data: {self.source_description}")
+        rank_zero_info(redact_text(f"{self.task.name} data: {self.source_description}"))
 
     def _split_file(self, split: str) -> Path | None:
         """The file a split is read from, when it is a local file."""

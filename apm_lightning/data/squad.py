@@ -29,6 +29,7 @@ from apm_lightning.data import sources
 from apm_lightning.data.cache import cached_dataset, default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact_text
 
 SOURCES = ("auto", "files", "local", "hub")
 HUB_DATASETS = {1: "rajpurkar/squad", 2: "rajpurkar/squad_v2"}
@@ -462,7 +463,7 @@ class SQuADDataModule(pl.LightningDataModule):
         """Read and validate every split ``stage`` needs, so bad data fails before a run."""
         for split in self._stage_splits(stage):
             self.examples(split)
-        rank_zero_info(f"SQuAD v{self.squad_version} data: {self.source_description}")
+        rank_zero_info(redact_text(f"SQuAD v{self.squad_version} data: {self.source_description}"))
         if stage in ("fit", "validate") and self.squad_version == 2:
             _warn_if_nothing_to_abstain_on(self.examples("validation"))
 

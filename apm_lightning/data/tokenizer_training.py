@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact_text
 
 KINDS = ("wordpiece", "bpe", "unigram")
 # Learned pieces a vocabulary must have room for beyond its special tokens (and, for
@@ -345,7 +346,7 @@ def tokenizer_main(argv: list[str]) -> None:
     )
     # Check the output folder and the globs before reading anything.
     _check_out_dir(Path(args.out).expanduser(), args.overwrite)
-    print(f"training a {kind} tokenizer (vocab {args.vocab_size}) on {source.describe()}")
+    print(redact_text(f"training a {kind} tokenizer (vocab {args.vocab_size}) on {source.describe()}"))
     out = train_tokenizer(
         source.documents(),
         kind,

@@ -70,7 +70,9 @@ def exported_checkpoint(ckpt: Path) -> Path:
     from apm_lightning.export import export_checkpoint
 
     stat = ckpt.stat()
-    key = hashlib.sha256(f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # 'v2': folders exported before exports dropped auto_map are not reused.
+    identity = f"v2|{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     folder = default_cache_dir() / "exported" / f"{ckpt.stem}-{key}"
     if not (folder / "config.json").is_file():
         export_checkpoint(ckpt, folder, overwrite=True)

@@ -28,6 +28,7 @@ from typing import Any
 from apm_lightning.data import sources
 from apm_lightning.data.glue_tasks import get_task
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact_text
 from apm_lightning.reports.tables import markdown_table, metric_columns, run_row, write_csv
 from apm_lightning.runners import submission
 from apm_lightning.runners.glue_score import GLUE_SCORE_TASKS, glue_score, summarize, task_score
@@ -229,8 +230,8 @@ class GlueRunner:
             try:
                 run_apm(args, run.run_dir / "apm.log", self.args.launcher, self.env)
             except RunFailed as err:
-                run.status, run.error = "failed", str(err)
-                print(f"apm glue: {task} seed {seed}: FAILED: {err}", flush=True)
+                run.status, run.error = "failed", redact_text(str(err))
+                print(f"apm glue: {task} seed {seed}: FAILED: {run.error}", flush=True)
                 return run
             print(f"apm glue: {task} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
         run.results = json.loads(results_file.read_text())
@@ -258,7 +259,7 @@ class GlueRunner:
         try:
             run_apm(args, root / "apm.log", self.args.launcher, self.env)
         except RunFailed as err:
-            print(f"apm glue: {data_task}: test predictions FAILED: {err}", flush=True)
+            print(f"apm glue: {data_task}: test predictions FAILED: {redact_text(str(err))}", flush=True)
             return None
         return root / "predictions"
 

@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.errors import APMError
 from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
+from apm_lightning.redact import redact, redact_text
 
 
 def _split_suffix(split: str) -> str:
@@ -247,7 +248,7 @@ class GlueTaskModule(pl.LightningModule):
                 f"the checkpoint was trained on task {info['task']!r}, not {self.glue_task.name!r}"
             )
         for key, value in info.get("identity", {}).items():
-            if self.hparams.get(key) != value:
+            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
                 raise APMError(
                     f"the checkpoint's {key} is {value!r} but this run's is "
                     f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
@@ -434,7 +435,9 @@ class BiLSTMClassifier(GlueTaskModule):
             matrix, found = load_glove(self.hparams.glove_path, self.tokenizer.get_vocab(), dim)
             self.net.load_pretrained_embeddings(matrix)
             print(
-                f"GloVe: {found} of {len(self.tokenizer)} vocabulary words found in {self.hparams.glove_path}"
+                redact_text(
+                    f"GloVe: {found} of {len(self.tokenizer)} vocabulary words found in {self.hparams.glove_path}"
+                )
             )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact
 from apm_lightning.tasks.classification import adamw_linear_schedule
 
 OBJECTIVES = ("mlm", "clm", "electra")
@@ -500,7 +501,7 @@ class PretrainingModule(pl.LightningModule):
                 f"{type(self).__qualname__}; use the config it was trained with"
             )
         for key, value in info.get("identity", {}).items():
-            if self.hparams.get(key) != value:
+            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
                 raise APMError(
                     f"the checkpoint's {key} is {value!r} but this run's is {self.hparams.get(key)!r}; "
                     "use the config the checkpoint was trained with"

@@ -31,6 +31,7 @@ import torch
 
 from apm_lightning.errors import APMError
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
+from apm_lightning.redact import redact
 from apm_lightning.tasks.classification import GlueTaskModule, TransformerClassifier
 
 # One evaluation feature: (question index, context offsets, start logits, end logits).
@@ -313,7 +314,7 @@ class QuestionAnsweringModule(pl.LightningModule):
                 f"{cls.__qualname__}; use the config it was trained with"
             )
         for key, value in info.get("identity", {}).items():
-            if self.hparams.get(key) != value:
+            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
                 raise APMError(
                     f"the checkpoint's {key} is {value!r} but this run's is "
                     f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"

@@ -22,6 +22,8 @@ from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from apm_lightning.redact import redact
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -31,6 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.allow_unsafe = allow_unsafe
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        checkpoint = redacted_checkpoint(checkpoint)
         if "://" in str(path):  # remote storage (fsspec): Lightning's writer
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
@@ -51,6 +54,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # Whatever the caller asked for, the user's choice decides (Lightning's default, None,
         # would follow torch's and an environment override).
         return pl_load(path, map_location=map_location or "cpu", weights_only=not self.allow_unsafe)
+
+
+def redacted_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy with secrets (a token in a data path or URL) masked in what the file keeps
+    as text: the model's and the data module's hyper-parameters and the model's identity. A run
+    takes its real values from its command line and config, never from these."""
+    out = dict(checkpoint)
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if isinstance(out.get(key), dict):
+            out[key] = redact(dict(out[key]))
+    info = out.get("apm")
+    if isinstance(info, dict) and isinstance(info.get("identity"), dict):
+        out["apm"] = {**info, "identity": redact(info["identity"])}
+    return out
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:

@@ -40,6 +40,13 @@ from apm_lightning.training.checkpointing import (
 )
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.trust import (
+    check_model_args,
+    checkpoint_hparams,
+    checkpoint_model_name,
+    merge_model_args,
+    warn_replaced,
+)
 
 log = logging.getLogger("apm")
 
@@ -98,22 +105,29 @@ class APMCLI(LightningCLI):
         if not ckpt or ckpt in SPECIAL_CKPT_PATHS or Path(ckpt).is_dir():
             return  # 'last' is resolved (and verified) once the run directory is known
         checkpoint = verify_checkpoint(ckpt, allow_unsafe=self.config[sub].get("allow_unsafe_checkpoints"))
-        stored = (checkpoint.get("apm") or {}).get("module")
-        wanted = self.config[sub].get("model", {}).get("class_path")
+        # The class it names must be one of apm's (never imported by its name).
+        stored = checkpoint_model_name(checkpoint, ckpt)
+        model = self.config[sub].get("model") or {}
+        wanted = model.get("class_path")
         if stored and wanted and stored != wanted:
             raise APMError(
                 f"the checkpoint holds a {stored.rsplit('.', 1)[-1]} model, not a "
                 f"{wanted.rsplit('.', 1)[-1]}; use the config it was trained with"
             )
         # LightningCLI's own version re-reads the file with weights_only=True whatever the user
-        # allowed; use the checkpoint verified above instead.
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
+        # allowed, and takes every value from it; here the checkpoint's settings are data: code
+        # permission and model paths stay the user's, and a replaced option is named.
+        hparams = checkpoint_hparams(checkpoint)
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        init_args = model.get("init_args") or {}
+        given = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
+        hparams, replaced = merge_model_args(hparams, given, ckpt)
+        warn_replaced(replaced, rank_zero_only.rank == 0)
+        model_config = (
+            {"class_path": stored or wanted, "dict_kwargs": hparams} if stored or wanted else hparams
+        )
+        self.config = self.parser.parse_object({sub: {"model": model_config}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -196,7 +210,10 @@ class APMCLI(LightningCLI):
                     "loads with full unpickling; pass --allow_unsafe_checkpoints true if you trust it"
                 )
             return
-        verify_checkpoint(ckpt, allow_unsafe=config.allow_unsafe_checkpoints)
+        checkpoint = verify_checkpoint(ckpt, allow_unsafe=config.allow_unsafe_checkpoints)
+        # 'last' was not seen when the config was parsed: the same trust checks as an explicit path.
+        checkpoint_model_name(checkpoint, ckpt)
+        check_model_args(checkpoint_hparams(checkpoint), dict(self.model.hparams), ckpt)
 
     def before_fit(self) -> None:
         self._check("fit")
@@ -264,7 +281,7 @@ class APMCLI(LightningCLI):
             summary = getattr(self.model, "results_summary", None)
             if summary is not None:
                 results.update(summary(root))
-            path = write_json_atomic(root / "results.json", results)
+            path = write_json_atomic(root / "results.json", _redacted_results(results))
             _print_metrics(results)
             print(path.resolve(), flush=True)
 
@@ -309,6 +326,18 @@ def _redact_hyperparameters(logger: Any) -> None:
         return log_hyperparams(redact(params), *args, **kwargs)
 
     logger.log_hyperparams = redacted
+
+
+# Where the run wrote its own output: kept as written, since the runners and reports read them
+# back (``apm glue`` predicts with best_checkpoint). Everything else (the data source above all)
+# is redacted.
+_OUTPUT_LOCATIONS = ("run_dir", "best_checkpoint", "last_checkpoint", "hf_export")
+
+
+def _redacted_results(results: dict) -> dict:
+    clean = redact(results)
+    clean.update({k: results[k] for k in _OUTPUT_LOCATIONS if k in results})
+    return clean
 
 
 def _default_run_dir(config: Any) -> str:
