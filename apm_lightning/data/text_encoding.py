@@ -25,14 +25,17 @@ def check_encoding_name(encoding: str) -> None:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise APMError(f"unknown text encoding {encoding!r} (use auto, utf-8, latin-1, utf-16, ...)") from None
+        raise APMError(
+            f"unknown text encoding {encoding!r} (use auto, utf-8, latin-1, utf-16, ...)"
+        ) from None
 
 
 def resolve_encoding(path: str | Path, encoding: str = "auto") -> str:
     """The codec to read ``path`` with: ``auto`` is UTF-8, or the encoding its byte-order mark
     names (UTF-8, UTF-16 or UTF-32 with a BOM); the ``-sig``/BOM codecs drop the mark."""
     if encoding != "auto":
-        return encoding
+        # Plain UTF-8 decodes the same with -sig, which also drops a leading mark (MRPC has one).
+        return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     with open(path, "rb") as f:
         head = f.read(4)
     for bom, name in _BOMS:
