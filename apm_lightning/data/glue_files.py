@@ -18,7 +18,7 @@ from typing import Any
 
 from apm_lightning.checks import not_a_file_reason, shorten
 from apm_lightning.data.glue_tasks import GlueTask
-from apm_lightning.data.text_encoding import decode_error, resolve_encoding
+from apm_lightning.data.text_encoding import check_decodes, decode_error, resolve_encoding
 from apm_lightning.errors import APMError
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ def read_table(
     codec = None
     if fmt in ("csv", "json"):
         codec = resolve_encoding(path, encoding)
+        check_decodes(path, codec)
         kwargs["encoding"] = codec
     if fmt == "csv":
         # pandas would read text such as "NA", "null" or an empty cell as a missing value, which

@@ -61,3 +61,17 @@ def decode_error(path: str | Path, encoding: str) -> APMError:
         f"{path} is not {encoding} text ({problem}); convert it to UTF-8 "
         f"(e.g. iconv -f latin1 -t utf-8) or set --data.encoding (latin-1, cp1252, utf-16...)"
     )
+
+
+def check_decodes(path: str | Path, encoding: str) -> None:
+    """Decode the whole file (in 1 MB chunks) and fail with :func:`decode_error` on a bad
+    byte: for readers that would otherwise let bad bytes through (pyarrow's JSON reader keeps
+    them until a row is read, then raises a bare UnicodeDecodeError)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise decode_error(path, encoding) from None
