@@ -181,3 +181,68 @@ def test_squad_and_corpus_sizes(tmp_path):
         SQuADDataModule(max_train_samples=-5)
     with pytest.raises(APMError, match="data.eval_batch_size must be"):
         CorpusDataModule(files="x.txt", eval_batch_size=-1)
+
+
+# --------------------------------------------------------------------------- the cache follows content
+def _same_size_edit(path: Path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` (same length) and put the size and mtime back as they were."""
+    assert len(old) == len(new)
+    stat = path.stat()
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+@pytest.mark.parametrize("layout", ["tsv", "csv"])
+def test_cache_sees_same_size_edit_with_kept_mtime(tmp_path, layout):
+    from apm_lightning.data.glue import GLUEDataModule
+
+    if layout == "tsv":
+        root = sst2_root(tmp_path, f"{SST2_HEADER}\ngood film\t1\nawful film\t0\n".encode())
+        path = root / "SST-2" / "train.tsv"
+        options = {"data_dir": str(root)}
+    else:
+        path = tmp_path / "train.csv"
+        path.write_text("sentence,label\ngood film,1\nawful film,0\n", encoding="utf-8")
+        options = {"data_files": {"train": str(path), "validation": str(GLUE / "SST-2" / "dev.tsv")}}
+
+    def rows() -> tuple[list, list]:
+        dm = GLUEDataModule(
+            task="sst2", tokenizer="minilm", max_eval_samples=4, cache_dir=str(tmp_path / "cache"), **options
+        )
+        dm.check("fit")
+        dm.setup("fit")
+        train = dm.datasets["train"]
+        return train["input_ids"], train["label"]
+
+    ids_before, labels_before = rows()
+    assert labels_before == [1, 0]
+    _same_size_edit(
+        path,
+        b"good film\t1" if layout == "tsv" else b"good film,1",
+        b"grim film\t0" if layout == "tsv" else b"grim film,0",
+    )
+    ids_after, labels_after = rows()
+    assert labels_after == [0, 0]
+    assert ids_after[0] != ids_before[0] and ids_after[1] == ids_before[1]
+
+
+def test_squad_and_corpus_keys_follow_content(tmp_path):
+    from apm_lightning.data.squad import read_squad_file
+    from apm_lightning.data.text_sources import TextSource
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat.\n\nthe dog ran.\n", encoding="utf-8")
+    source = TextSource(files=[str(text)])
+    before = source.fingerprint()
+    _same_size_edit(text, b"cat", b"rat")
+    assert source.fingerprint() != before
+
+    squad = tmp_path / "squad.json"
+    article = {"title": "T", "paragraphs": [{"context": "Paris is big", "qas": []}]}
+    squad.write_text(json.dumps({"version": "1.1", "data": [article]}), encoding="utf-8")
+    before = read_squad_file(squad).origin
+    _same_size_edit(squad, b"Paris", b"Rome.")
+    assert read_squad_file(squad).origin != before

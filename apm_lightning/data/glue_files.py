@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,12 @@ def read_table(
     if path.suffix.lower() == ".tsv":
         kwargs.update(delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
-        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        # A throw-away cache: datasets keys its own on path and mtime, and would serve stale rows
+        # after an edit that keeps both (ours is keyed on content, and skips this on a hit).
+        with tempfile.TemporaryDirectory(prefix="apm-table-") as scratch:
+            table = datasets.load_dataset(
+                fmt, data_files=str(path), split="train", cache_dir=scratch, keep_in_memory=True, **kwargs
+            )
     except Exception as err:  # datasets raises many types for unreadable files
         if codec is not None and _caused_by(err, UnicodeError):
             raise decode_error(path, codec) from None
