@@ -39,6 +39,7 @@ from apm_lightning.training.checkpointing import (
     remove_stale_temporaries,
 )
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
+from apm_lightning.training.parser import APMArgumentParser
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
 
 log = logging.getLogger("apm")
@@ -386,6 +387,7 @@ def run_lightning_cli(args: list[str]) -> APMCLI:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             seed_everything_default=0,
+            parser_class=APMArgumentParser,
             args=args,
         )
         failed = False
