@@ -40,6 +40,7 @@ from apm_lightning.training.checkpointing import (
 )
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
 from apm_lightning.training.parser import APMArgumentParser
+from apm_lightning.training.preflight import check_run_settings, check_sequence_length
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
 
 log = logging.getLogger("apm")
@@ -120,6 +121,7 @@ class APMCLI(LightningCLI):
         config = self.config[self.subcommand]
         if not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = _default_run_dir(config)
+        check_run_settings(config)  # run folder and accelerator, before anything is written
         if "weights_only" in config:
             # Lightning's own restore in fit/validate/test/predict follows the user's choice too.
             config.weights_only = not config.allow_unsafe_checkpoints
@@ -179,6 +181,7 @@ class APMCLI(LightningCLI):
         check = getattr(self.datamodule, "check", None)
         if check is not None:
             check(stage)
+        check_sequence_length(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
         if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
