@@ -42,6 +42,7 @@ from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve
 from apm_lightning.training.parser import APMArgumentParser
 from apm_lightning.training.preflight import check_run_settings, check_sequence_length
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.training.resume_check import check_resume
 
 log = logging.getLogger("apm")
 
@@ -200,7 +201,9 @@ class APMCLI(LightningCLI):
                     "loads with full unpickling; pass --allow_unsafe_checkpoints true if you trust it"
                 )
             return
-        verify_checkpoint(ckpt, allow_unsafe=config.allow_unsafe_checkpoints)
+        checkpoint = verify_checkpoint(ckpt, allow_unsafe=config.allow_unsafe_checkpoints)
+        if stage == "fit":  # a resume: same data and trainer settings as the checkpoint's run
+            check_resume(checkpoint, ckpt, self.datamodule, config.trainer)
 
     def before_fit(self) -> None:
         self._check("fit")
