@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_options import QUIET
 
 from apm_lightning.cli import main
-from run_options import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -246,3 +246,234 @@ def test_squad_and_corpus_keys_follow_content(tmp_path):
     before = read_squad_file(squad).origin
     _same_size_edit(squad, b"Paris", b"Rome.")
     assert read_squad_file(squad).origin != before
+
+
+# --------------------------------------------------------------------------- model limits and settings
+def test_sequence_length_past_positions(tmp_path, capsys):
+    rc = run_fit("rte", GLUE, tmp_path / "run", "--data.max_seq_length", "600")
+    assert rc == 2
+    line = one_line_error(capsys)
+    assert "data.max_seq_length=600" in line and "512 positions" in line
+    assert_nothing_written(tmp_path / "run")
+
+
+def test_sequence_length_past_pretrained_positions():
+    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.errors import APMError
+    from apm_lightning.tasks.classification import TransformerClassifier
+    from apm_lightning.training.preflight import check_sequence_length
+
+    model = TransformerClassifier(backbone="minilm")  # no task yet: the network is built later
+    check_sequence_length(model, GLUEDataModule(task="rte", max_seq_length=512))
+    with pytest.raises(APMError, match="longer than the model's 512 positions"):
+        check_sequence_length(model, GLUEDataModule(task="rte", max_seq_length=513))
+
+
+def test_backbone_with_backbone_config(tmp_path, capsys):
+    rc = run_fit("rte", GLUE, tmp_path / "run", "--model.backbone", str(tmp_path / "some-model"))
+    assert rc == 2
+    line = one_line_error(capsys)
+    assert "model.backbone" in line and "backbone_config are both set" in line
+    assert_nothing_written(tmp_path / "run")
+
+
+def test_default_backbone_with_backbone_config_is_fine():
+    from apm_lightning.tasks.classification import TransformerClassifier
+
+    # A task config's 'backbone: minilm' composed with a from-scratch model config.
+    model = TransformerClassifier(
+        backbone="minilm", backbone_config={"model_type": "bert"}, tokenizer="minilm"
+    )
+    assert model.hparams.backbone is None
+
+
+# --------------------------------------------------------------------------- config files and parse errors
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (bytes(range(256)) * 4, "is a binary file"),
+        ("trainer: {max_epochs: 1}\n".encode("utf-16"), "binary file"),
+        (b"trainer:\n  max_epochs: caf\xe9\n", "is not UTF-8 text"),
+        (b"trainer: [1,\n  data", "is not valid YAML"),
+        (b"- 1\n- 2\n", "holds a YAML list"),
+    ],
+)
+def test_bad_config_file(tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    assert run_fit("rte", GLUE, tmp_path / "run", "-c", bad) == 2
+    line = one_line_error(capsys)
+    assert str(bad) in line and expected in line
+    assert_nothing_written(tmp_path / "run")
+
+
+def test_bad_sweep_file(tmp_path, capsys):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_bytes(bytes(range(256)))
+    assert main(["sweep", "-c", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "sweep file" in one_line_error(capsys)
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--data.bogus", "3"], "data: Option 'bogus' is not accepted"),
+        (["--data.batch_size", "abc"], "data.batch_size: Expected a <class 'int'>. Got value: abc"),
+        (["--trainer.max_epochs", "x"], "trainer.max_epochs: Expected a <class 'int'> (given: x)"),
+        (["--nonsense"], "unrecognized arguments: --nonsense"),
+    ],
+)
+def test_parse_errors_are_one_line(tmp_path, capsys, args, expected):
+    assert run_fit("rte", GLUE, tmp_path / "run", *args) == 2
+    line = one_line_error(capsys)
+    assert expected in line and "--help" in line
+
+
+def test_parse_error_subprocess_prints_only_the_reason(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "apm_lightning",
+            "fit",
+            "-c",
+            str(REPO / "experiments/glue/rte.yaml"),
+            "--data.bogus",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "apm: error: data: Option 'bogus' is not accepted (see --help for the options)"
+    ], out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_and_print_config_still_work(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(REPO / "experiments/glue/rte.yaml"), "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "max_seq_length: 128" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code in (0, None)
+    assert "--data.help" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- machine and output paths
+def test_missing_gpu(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert run_fit("rte", GLUE, tmp_path / "run", "--trainer.accelerator", "gpu") == 2
+    line = one_line_error(capsys)
+    assert "--trainer.accelerator gpu: no CUDA GPU" in line and "cpu" in line
+    assert_nothing_written(tmp_path / "run")
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_run_dir_is_a_file(tmp_path, capsys, under):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    target = blocker / "sub" if under else blocker
+    assert run_fit("rte", GLUE, target, "--data.max_train_samples", "8") == 2
+    line = one_line_error(capsys)
+    assert "--trainer.default_root_dir" in line and ("which is a file" if under else "is a file") in line
+    assert blocker.read_text() == "x"
+
+
+def test_glue_out_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "out.txt"
+    blocker.write_text("x")
+    rc = main(["glue", "--model", TINY, "--tasks", "rte", "--data-dir", str(GLUE), "--out", str(blocker)])
+    assert rc == 2
+    assert "--out" in one_line_error(capsys)
+    rc = main(
+        ["glue", "--model", TINY, "--tasks", "rte", "--data-dir", str(GLUE), "--out", str(blocker / "x")]
+    )
+    assert rc == 2
+    assert "which is a file" in one_line_error(capsys)
+    assert blocker.read_text() == "x"
+
+
+def test_export_to_a_file(tmp_path, capsys):
+    blocker = tmp_path / "out.txt"
+    blocker.write_text("x")
+    ckpt = tmp_path / "missing.ckpt"  # the output path is checked first
+    for target in (blocker, blocker / "sub"):
+        assert main(["export", str(ckpt), str(target), "--overwrite"]) == 2
+        assert "output folder" in one_line_error(capsys)
+    assert blocker.read_text() == "x"
+
+
+# --------------------------------------------------------------------------- split files
+def test_train_tsv_is_a_folder(tmp_path, capsys):
+    root = sst2_root(tmp_path)
+    (root / "SST-2" / "train.tsv").unlink()
+    (root / "SST-2" / "train.tsv").mkdir()
+    assert run_fit("sst2", root, tmp_path / "run") == 2
+    line = one_line_error(capsys)
+    assert "train.tsv is a folder, not a file" in line and "no SST-2/ folder" not in line
+
+
+def test_train_tsv_is_a_symlink_loop(tmp_path, capsys):
+    root = sst2_root(tmp_path)
+    train = root / "SST-2" / "train.tsv"
+    train.unlink()
+    other = root / "SST-2" / "loop.tsv"
+    train.symlink_to(other)
+    other.symlink_to(train)
+    assert run_fit("sst2", root, tmp_path / "run") == 2
+    assert "train.tsv is a symbolic link loop" in one_line_error(capsys)
+
+
+def test_long_header_is_cut(tmp_path, capsys):
+    header = "x" * 1_000_000 + "\tlabel"
+    root = sst2_root(tmp_path, f"{header}\nfine\t1\n".encode())
+    assert run_fit("sst2", root, tmp_path / "run") == 2
+    line = one_line_error(capsys)
+    assert "header lacks column(s) 'sentence'" in line and "..." in line and len(line) < 1000
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_with_other_data_settings(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_fit("rte", GLUE, run) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # The README's resume line without the original row limit.
+    args = [a for a in fit_args("rte", GLUE, run, "--ckpt_path", "last") if a != "--data.max_train_samples"]
+    args.remove("16")  # its value (max_eval_samples keeps its own 16)
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert "data.max_train_samples was 16, now None" in line and "config.yaml" in line
+    # Another sequence length and a lower max_epochs are named together.
+    assert (
+        run_fit(
+            "rte",
+            GLUE,
+            run,
+            "--ckpt_path",
+            "last",
+            "--data.max_seq_length",
+            "24",
+            "--trainer.max_epochs",
+            "0",
+        )
+        == 2
+    )
+    line = one_line_error(capsys)
+    assert "data.max_seq_length was 32, now 24" in line and "trainer.max_epochs was 1, now 0" in line
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    # Training longer is what a resume is for.
+    assert run_fit("rte", GLUE, run, "--ckpt_path", "last", "--trainer.max_epochs", "2") == 0
+    assert json.loads((run / "results.json").read_text())["epochs"] == 2
