@@ -62,6 +62,8 @@ def _limit(value: Any) -> float:
 
 
 def data_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    if "task" in stored and "task" in current and stored["task"] != current["task"]:
+        return []  # a checkpoint of another task: the model's own check says so, more plainly
     differences = []
     for key, before in stored.items():
         if key.startswith("_") or key in DATA_FREE or key not in current:
