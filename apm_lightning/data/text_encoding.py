@@ -59,7 +59,7 @@ def decode_error(path: str | Path, encoding: str) -> APMError:
         problem = "it does not decode"
     return APMError(
         f"{path} is not {encoding} text ({problem}); convert it to UTF-8 "
-        f"(e.g. iconv -f latin1 -t utf-8) or set --data.encoding (latin-1, cp1252, utf-16...)"
+        f"(e.g. iconv -f latin1 -t utf-8) or set data.encoding (--data.encoding latin-1, cp1252, utf-16...)"
     )
 
 
