@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from apm_lightning.checks import check_output_dir
 from apm_lightning.errors import APMError
 
 
@@ -28,6 +29,7 @@ def export_checkpoint(
     ckpt: str | Path, out: str | Path, overwrite: bool = False, allow_unsafe: bool = False
 ) -> Path:
     out = Path(out)
+    check_output_dir(out, "output folder")  # a file there is never replaced, even with --overwrite
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     return export_module(load_module_from_checkpoint(ckpt, allow_unsafe), out, overwrite)
@@ -36,6 +38,7 @@ def export_checkpoint(
 def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or replaced on request)."""
     out = Path(out)
+    check_output_dir(out, "output folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     if not hasattr(module, "export_hf"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apm_lightning.checks import check_output_dir
 from apm_lightning.data import sources
 from apm_lightning.data.glue_tasks import get_task
 from apm_lightning.errors import APMError
@@ -426,6 +427,7 @@ def glue_main(argv: list[str]) -> dict[str, Any]:
     args, extra = build_parser().parse_known_args(argv)
     if args.seeds < 1:
         raise APMError("--seeds must be at least 1")
+    check_output_dir(args.out, "--out")
     unknown = [
         a for a in extra if a.startswith("-") and not a[1:2].isdigit() and not a.startswith(PASS_THROUGH)
     ]

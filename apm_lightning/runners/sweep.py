@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from apm_lightning.checks import check_output_dir
+from apm_lightning.config_files import read_config_file
 from apm_lightning.errors import APMError
 from apm_lightning.redact import redact_text as redact_url
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
@@ -74,11 +76,17 @@ def _find(path: str, sweep_file: Path) -> str:
     raise APMError(f"{sweep_file}: base config {path} not found")
 
 
+def _checked(config: str, sweep_file: Path) -> str:
+    """A base config that every trial would fail on fails the sweep now, in one line."""
+    read_config_file(config, f"{sweep_file}: base config")
+    return config
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise APMError(f"sweep file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_config_file(path, "sweep file")  # not text, not YAML, not a mapping: one line
     unknown = set(data) - SPEC_KEYS
     if unknown:
         raise APMError(
@@ -97,7 +105,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise APMError(f"{path}: direction must be maximize or minimize")
     return SweepSpec(
         name=str(data.get("name") or path.stem),
-        base_configs=[_find(c, path) for c in data.get("base_configs") or []],
+        base_configs=[_checked(_find(c, path), path) for c in data.get("base_configs") or []],
         space=dict(data["space"]),
         # Overrides may be written as tokens or as option strings ("--data.batch_size 16").
         overrides=[t for item in data.get("overrides") or [] for t in shlex.split(str(item))],
@@ -433,6 +441,7 @@ def sweep_main(argv: list[str]) -> dict[str, Any]:
 
         extra = [*model_args(args.model), *extra]
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)
+    check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "wandb":
         path = out / "wandb_sweep.yaml"

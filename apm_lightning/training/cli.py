@@ -39,7 +39,10 @@ from apm_lightning.training.checkpointing import (
     remove_stale_temporaries,
 )
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
+from apm_lightning.training.parser import APMArgumentParser
+from apm_lightning.training.preflight import check_run_settings, check_sequence_length
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.training.resume_check import check_resume
 from apm_lightning.trust import (
     check_model_args,
     checkpoint_hparams,
@@ -133,6 +136,7 @@ class APMCLI(LightningCLI):
         config = self.config[self.subcommand]
         if not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = _default_run_dir(config)
+        check_run_settings(config)  # run folder and accelerator, before anything is written
         if "weights_only" in config:
             # Lightning's own restore in fit/validate/test/predict follows the user's choice too.
             config.weights_only = not config.allow_unsafe_checkpoints
@@ -192,6 +196,7 @@ class APMCLI(LightningCLI):
         check = getattr(self.datamodule, "check", None)
         if check is not None:
             check(stage)
+        check_sequence_length(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
         if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
@@ -214,6 +219,8 @@ class APMCLI(LightningCLI):
         # 'last' was not seen when the config was parsed: the same trust checks as an explicit path.
         checkpoint_model_name(checkpoint, ckpt)
         check_model_args(checkpoint_hparams(checkpoint), dict(self.model.hparams), ckpt)
+        if stage == "fit":  # a resume: same data and trainer settings as the checkpoint's run
+            check_resume(checkpoint, ckpt, self.datamodule, config.trainer)
 
     def before_fit(self) -> None:
         self._check("fit")
@@ -415,6 +422,7 @@ def run_lightning_cli(args: list[str]) -> APMCLI:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             seed_everything_default=0,
+            parser_class=APMArgumentParser,
             args=args,
         )
         failed = False
