@@ -30,6 +30,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from apm_lightning.errors import APMError
+from apm_lightning.training.loggers import RUN_ID_FILE, _step_wandb_logger
 
 try:  # POSIX; elsewhere runs go unlocked
     import fcntl
@@ -77,6 +78,7 @@ class RunDirGuard:
         self.root: Path | None = None
         self.created: list[Path] = []
         self._lock_fd: int | None = None
+        self._stale_lock: bytes | None = None
 
     def start(self, root: str | Path, subcommand: str, ckpt_path: str | None) -> None:
         if not is_launching_process():
@@ -113,14 +115,19 @@ class RunDirGuard:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     break
             os.close(fd)
+        # A lock file left by a killed run: a refused command puts its text back as it was.
+        self._stale_lock = os.pread(fd, 64, 0) if os.fstat(fd).st_size else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def close(self, failed: bool) -> None:
         if self._lock_fd is not None and self.root is not None:
-            # Removed while still held, so no other process can lock this file in between.
-            (self.root / LOCK_FILE).unlink(missing_ok=True)
+            if failed and self._stale_lock is not None:
+                os.ftruncate(self._lock_fd, 0)
+                os.pwrite(self._lock_fd, self._stale_lock, 0)
+            else:  # removed while still held, so no other process can lock this file in between
+                (self.root / LOCK_FILE).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
         if failed and self.root is not None and self.root in self.created:
@@ -246,7 +253,7 @@ class RunRecords(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
-            if hasattr(logger, "trainer"):  # StepWandbLogger: W&B steps are global steps
+            if isinstance(logger, _step_wandb_logger()):  # W&B steps are global steps
                 logger.trainer = trainer
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -261,6 +268,4 @@ class RunRecords(pl.Callback):
                 if isinstance(writer, _AppendingWriter):
                     writer.keep_before(trainer.global_step)
         if self.wandb_run_id:
-            from apm_lightning.training.loggers import RUN_ID_FILE
-
             (self.root / RUN_ID_FILE).write_text(self.wandb_run_id + "\n")
