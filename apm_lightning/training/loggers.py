@@ -131,9 +131,10 @@ def _step_wandb_logger() -> type:
         class StepWandbLogger(WandbLogger):
             """Logs each row at the trainer's step (W&B's ``_step``), not at the count of calls
             in this process: a resumed run continues its step count instead of restarting at 0
-            in the same run id. The step is the trainer's global step when ``trainer`` is set
-            (``RunRecords`` does): Lightning's own step lags it by one during training, so the
-            first row of a resume would land on the row of the run's final validation."""
+            in the same run id. With ``trainer`` set (``RunRecords`` does), a row of training
+            counts as the optimizer step it belongs to: Lightning logs the k-th step's loss and
+            learning rate under k - 1, so the first row of a resume from step k would land on
+            the row of the final validation before it (logged under k), which W&B drops."""
 
             trainer: Any = None
 
@@ -141,10 +142,11 @@ def _step_wandb_logger() -> type:
             def log_metrics(self, metrics: Any, step: int | None = None) -> None:
                 if step is None or self._wandb_init.get("sync_tensorboard"):
                     return super().log_metrics(metrics, step)
-                from lightning.fabric.loggers.logger import _add_prefix
+                from lightning.fabric.utilities.logger import _add_prefix
 
                 metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-                at = self.trainer.global_step if self.trainer is not None else step
+                fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+                at = step + 1 if fitting else step
                 self.experiment.log(dict(metrics, **{"trainer/global_step": step}), step=at)
 
         _STEP_WANDB_LOGGER = StepWandbLogger

@@ -253,7 +253,7 @@ class RunRecords(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
-            if isinstance(logger, _step_wandb_logger()):  # W&B steps are global steps
+            if isinstance(logger, _step_wandb_logger()):  # its steps follow the optimizer steps
                 logger.trainer = trainer
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
