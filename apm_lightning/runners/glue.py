@@ -224,8 +224,11 @@ class GlueRunner:
         if not results_file.is_file():
             args = ["fit", "-c", self.recipe(task), *self.common(task), "--seed_everything", str(seed)]
             args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", f"{task}-seed{seed}"]
+            ckpts = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
             if (run.run_dir / "checkpoints" / "last.ckpt").is_file():
                 args += ["--ckpt_path", "last"]  # an interrupted run resumes exactly
+            elif ckpts:  # stopped between its best and its last save: resume from the newest
+                args += ["--ckpt_path", str(ckpts[-1])]
             started = time.perf_counter()
             print(f"apm glue: {task} seed {seed}: training ({run.run_dir})", flush=True)
             try:
