@@ -40,6 +40,7 @@ from apm_lightning.training.checkpointing import (
 )
 from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.training.slurm import newest_resume_checkpoint
 
 log = logging.getLogger("apm")
 
@@ -180,11 +181,11 @@ class APMCLI(LightningCLI):
             check(stage)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
-        if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
-            found = sorted(
-                Path(self.last_checkpoint.dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime
-            )
-            ckpt = str(found[-1]) if found else None
+        if ckpt == "last":  # the newest last*.ckpt, or a newer save of SLURM's requeue signal
+            found = newest_resume_checkpoint(self.last_checkpoint.dirpath, config.trainer.default_root_dir)
+            ckpt = str(found) if found else None
+            if found is not None and found.name.startswith("hpc_ckpt_"):
+                config.ckpt_path = ckpt  # Lightning's 'last' only looks in checkpoints/
         if not ckpt or ckpt in SPECIAL_CKPT_PATHS:
             return
         if Path(ckpt).is_dir():
