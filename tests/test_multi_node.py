@@ -89,6 +89,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # three trainings, two of them 2-node ones (about 100 s on 2 busy cores)
 def test_torchrun_two_nodes_killed_and_resumed_match_one_process(glue_dir, tmp_path):
     model = no_dropout_model(tmp_path)
     one = tmp_path / "one"
@@ -178,6 +179,7 @@ def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # about 60 s on 2 busy cores
 @pytest.mark.skipif(not CORPUS.is_file(), reason="../shared/data/corpus is missing")
 def test_srun_two_tasks_pretraining_matches_one_process(tmp_path):
     one = tmp_path / "one"
@@ -232,7 +234,7 @@ def test_slurm_requeue_signal_saves_and_requeues(glue_dir, tmp_path):
     scontrol.chmod(0o755)
     run = tmp_path / "run"
     args = [*fit_args(run, REPO / "experiments/models/tiny_bert.yaml", 8), "--wandb_mode", "disabled"]
-    args += ["--trainer.max_epochs", "30", "--data.max_train_samples", "16", "--data.max_eval_samples", "8"]
+    args += ["--trainer.max_epochs", "12", "--data.max_train_samples", "16", "--data.max_eval_samples", "8"]
     args += ["--ckpt_path", "last"]
     job_env = slurm_env(0, 1, free_port(), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "apm_lightning", *args]
@@ -264,4 +266,4 @@ def test_slurm_requeue_signal_saves_and_requeues(glue_dir, tmp_path):
     assert again.returncode == 0, text[-3000:]
     assert f"Restoring states from the checkpoint path at {hpc}" in text
     results = json.loads((run / "results.json").read_text())
-    assert results["global_step"] == 30 * 2 and results["epochs"] == 30
+    assert results["global_step"] == 12 * 2 and results["epochs"] == 12
