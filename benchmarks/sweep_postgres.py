@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def main() -> int:
         trials = [t for t in study.get_trials() if not t.user_attrs.get("apm_skipped")]
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
         best = study.best_value if counts["COMPLETE"] else None
+    shutil.rmtree(work, ignore_errors=True)
     killed_state = next((t.state.name for t in trials if t.number == killed), None)
     result = {
         "benchmark": "sweep_postgres",

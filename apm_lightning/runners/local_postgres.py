@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ class LocalPostgres:
 
     def start(self) -> LocalPostgres:
         try:
-            import pgserver
-            from pgserver._commands import pg_ctl
+            with warnings.catch_warnings():  # platformdirs: no $XDG_RUNTIME_DIR in containers, /tmp is fine
+                warnings.simplefilter("ignore")
+                import pgserver
+                from pgserver._commands import pg_ctl
         except ImportError:
             raise APMError("a local PostgreSQL needs the pgserver package: pip install pgserver") from None
         pgdata = self.folder / "pgdata"
