@@ -51,6 +51,7 @@ from apm_lightning.training.preflight import check_run_settings, check_sequence_
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
 from apm_lightning.training.resume_check import check_resume
 from apm_lightning.training.run_dir import RunDirGuard, RunRecords, write_run_config
+from apm_lightning.training.slurm import newest_resume_checkpoint
 from apm_lightning.trust import (
     check_model_args,
     checkpoint_hparams,
@@ -229,11 +230,11 @@ class APMCLI(LightningCLI):
         check_sequence_length(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
-        if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
-            found = sorted(
-                Path(self.last_checkpoint.dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime
-            )
-            ckpt = str(found[-1]) if found else None
+        if ckpt == "last":  # the newest last*.ckpt, or a newer save of SLURM's requeue signal
+            found = newest_resume_checkpoint(self.last_checkpoint.dirpath, config.trainer.default_root_dir)
+            ckpt = str(found) if found else None
+            if found is not None and found.name.startswith("hpc_ckpt_"):
+                config.ckpt_path = ckpt  # Lightning's 'last' only looks in checkpoints/
         if not ckpt or ckpt in SPECIAL_CKPT_PATHS:
             return
         if Path(ckpt).is_dir():
