@@ -16,6 +16,7 @@ happens in a temporary folder, removed at the end unless --keep. Exit code 0 whe
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -31,26 +32,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
-RTE = str(REPO / "experiments" / "glue" / "rte.yaml")
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
-QUIET = [
-    "--wandb_mode=disabled",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
-TINY_RUN = ["--data.max_train_samples", "24", "--data.max_eval_samples", "24", "--data.max_seq_length", "32"]
-TINY_RUN += ["--data.max_predict_samples", "8", "--trainer.max_epochs", "1", *QUIET]
-SECRET = "hunter2"
-TOKEN = "abc123secret"
-TINY_BERT = {  # the architecture of tiny_bert.yaml: what a remote-code folder must look like
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 512,
-}
+QUIET = "--wandb_mode=disabled --trainer.enable_progress_bar=false --trainer.enable_model_summary=false"
+TINY_RUN = f"--data.max_train_samples 24 --data.max_eval_samples 24 --data.max_seq_length 32 {QUIET}"
+TINY_RUN = f"{TINY_RUN} --data.max_predict_samples 8 --trainer.max_epochs 1".split()
+SECRET, TOKEN = "hunter2", "abc123secret"
+# The architecture of tiny_bert.yaml: what a remote-code folder must look like.
+TINY_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2)
+TINY_BERT.update(num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
 
 W: Path = Path()  # the work folder (set in main)
 
@@ -66,8 +55,7 @@ class Spec:
     resume: bool = False  # a legitimate resume: watched files may change
     signal: int | None = None  # sent once `wait_for` exists
     wait_for: Path | None = None
-    check: Callable[[str], str | None] | None = None  # output -> a failure, or None
-    cwd: Path | None = None
+    checks: list[Callable[[str], str | None]] = field(default_factory=list)  # output -> a failure or None
 
 
 CASES: dict[str, tuple[str, Callable[[Path], Spec]]] = {}
@@ -84,9 +72,8 @@ def case(category: str):
 # ----------------------------------------------------------------------------- helpers
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k not in ("APM_DATA_DIR", "APM_DEBUG")}
-    e.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false"
-    )
+    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+    e.update(TOKENIZERS_PARALLELISM="false")
     e.update(APM_CACHE_DIR=str(W / "cache"), HF_MODULES_CACHE=str(W / "hf-modules"))
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     return e
@@ -96,21 +83,11 @@ def apm_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "apm_lightning", *args]
 
 
-def fit_args(
-    task: str, data_dir: Path, run: Path, *extra: str, command: str = "fit", model=(TINY,)
-) -> list[str]:
+def fit_args(task: str, data: Path, run: Path, *extra: str, command: str = "fit", model=(TINY,)) -> list:
     """``apm fit`` (or ``command``) of tiny_bert on ``task``; ``extra`` last, so it wins."""
     configs = ["-c", str(REPO / f"experiments/glue/{task}.yaml")] + [x for m in model for x in ("-c", m)]
-    return [
-        command,
-        *configs,
-        "--data.data_dir",
-        str(data_dir),
-        *TINY_RUN,
-        "--trainer.default_root_dir",
-        str(run),
-        *extra,
-    ]
+    fixed = ["--data.data_dir", str(data), *TINY_RUN, "--trainer.default_root_dir", str(run)]
+    return [command, *configs, *fixed, *extra]
 
 
 def sst2_root(d: Path, train: bytes | None = None) -> Path:
@@ -119,9 +96,7 @@ def sst2_root(d: Path, train: bytes | None = None) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(GLUE / "SST-2" / "dev.tsv", folder / "dev.tsv")
     if train is None:
-        train = (
-            "\n".join((GLUE / "SST-2" / "train.tsv").read_text("utf-8").splitlines()[:41]).encode() + b"\n"
-        )
+        train = ("\n".join(sst2_lines()) + "\n").encode()
     (folder / "train.tsv").write_bytes(train)
     return d / "glue"
 
@@ -130,9 +105,9 @@ def sst2_lines() -> list[str]:
     return (GLUE / "SST-2" / "train.tsv").read_text("utf-8").splitlines()[:41]
 
 
-def refused_sst2(d: Path, train: bytes | None = None, *extra: str) -> Spec:
+def refused_sst2(d: Path, train: bytes | None = None) -> Spec:
     root = sst2_root(d, train)
-    return Spec(fit_args("sst2", root, d / "run", *extra), watch=[root], absent=[d / "run"])
+    return Spec(fit_args("sst2", root, d / "run"), watch=[root], absent=[d / "run"])
 
 
 def refused_rte(d: Path, *extra: str) -> Spec:
@@ -153,9 +128,7 @@ def hostile_copy(out: Path, hparams: dict | None = None, apm_info: dict | None =
     """The trained last.ckpt with some of its strings replaced (or an extra pickled object)."""
     import torch
 
-    checkpoint = torch.load(
-        W / "trained" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
+    checkpoint = torch.load(W / "trained/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"].update(hparams or {})
     checkpoint["apm"].update(apm_info or {})
     if extra is not None:
@@ -209,22 +182,29 @@ def contains(text: str) -> Callable[[str], str | None]:
 
 
 # ----------------------------------------------------------------------------- data
-@case("data")
-def non_utf8_tsv(d: Path) -> Spec:
-    return refused_sst2(d, "sentence\tlabel\nfine\t1\nle caf\xe9\t1\n".encode("latin-1"))
+def sst2_body(edit: Callable[[list[str]], None]) -> bytes:
+    lines = sst2_lines()
+    edit(lines)
+    return ("\n".join(lines) + "\n").encode()
 
 
-@case("data")
-def utf16_tsv_without_bom(d: Path) -> Spec:
-    return refused_sst2(d, "sentence\tlabel\nun café\t1\nbad\t0\n".encode("utf-16-le"))
+SST2_TRAIN = {  # case: the bytes of SST-2/train.tsv (or what makes them)
+    "non_utf8_tsv": "sentence\tlabel\nfine\t1\nle caf\xe9\t1\n".encode("latin-1"),
+    "utf16_tsv_without_bom": "sentence\tlabel\nun café\t1\nbad\t0\n".encode("utf-16-le"),
+    "header_line_1mb": ("x" * 1_000_000 + "\tlabel\nfine\t1\n").encode(),
+    "wrong_column_count": lambda: sst2_body(lambda lines: lines.__setitem__(7, lines[7] + "\textra")),
+    "missing_label_column": lambda: sst2_body(lambda lines: lines.__setitem__(0, "sentence\tstars")),
+    "empty_train_file": b"",
+}
+for _name, _body in SST2_TRAIN.items():
+    CASES[_name] = ("data", lambda d, body=_body: refused_sst2(d, body() if callable(body) else body))
 
 
 @case("data")
 def train_tsv_is_a_folder(d: Path) -> Spec:
     spec = refused_sst2(d)
-    train = spec.watch[0] / "SST-2" / "train.tsv"
-    train.unlink()
-    train.mkdir()
+    (spec.watch[0] / "SST-2/train.tsv").unlink()
+    (spec.watch[0] / "SST-2/train.tsv").mkdir()
     return spec
 
 
@@ -239,95 +219,45 @@ def train_tsv_symlink_loop(d: Path) -> Spec:
 
 
 @case("data")
-def header_line_1mb(d: Path) -> Spec:
-    return refused_sst2(d, ("x" * 1_000_000 + "\tlabel\nfine\t1\n").encode())
-
-
-@case("data")
-def wrong_column_count(d: Path) -> Spec:
-    lines = sst2_lines()
-    lines[7] += "\textra"
-    return refused_sst2(d, ("\n".join(lines) + "\n").encode())
-
-
-@case("data")
-def missing_label_column(d: Path) -> Spec:
-    lines = sst2_lines()
-    lines[0] = "sentence\tstars"
-    return refused_sst2(d, ("\n".join(lines) + "\n").encode())
-
-
-@case("data")
-def unknown_task(d: Path) -> Spec:
-    return refused_rte(d, "--data.task", "sst3")
-
-
-@case("data")
 def stsb_score_not_a_number(d: Path) -> Spec:
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
-    good = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta plane takes off .\ta plane is taking off .\t5.000"
+    good = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta plane takes off .\ta plane flies .\t5.000"
     bad = good.replace("5.000", "five").replace("0\t", "1\t", 1)
-    folder = d / "glue" / "STS-B"
-    folder.mkdir(parents=True)
-    (folder / "train.tsv").write_text("\n".join([header, good, bad]) + "\n")
-    (folder / "dev.tsv").write_text("\n".join([header, good]) + "\n")
+    (d / "glue/STS-B").mkdir(parents=True)
+    (d / "glue/STS-B/train.tsv").write_text("\n".join([header, good, bad]) + "\n")
+    (d / "glue/STS-B/dev.tsv").write_text("\n".join([header, good]) + "\n")
     return Spec(fit_args("stsb", d / "glue", d / "run"), watch=[d / "glue"], absent=[d / "run"])
 
 
-@case("data")
-def empty_train_file(d: Path) -> Spec:
-    return refused_sst2(d, b"")
-
-
-@case("data")
-def batch_size_0(d: Path) -> Spec:
-    return refused_rte(d, "--data.batch_size", "0")
-
-
-@case("data")
-def max_train_samples_negative(d: Path) -> Spec:
-    return refused_rte(d, "--data.max_train_samples", "-5")
-
-
-@case("data")
-def max_seq_length_100000(d: Path) -> Spec:
-    return refused_rte(d, "--data.max_seq_length", "100000")
+RTE_OPTIONS = {  # case: (category, options refused on RTE)
+    "unknown_task": ("data", "--data.task sst3"),
+    "batch_size_0": ("data", "--data.batch_size 0"),
+    "max_train_samples_negative": ("data", "--data.max_train_samples -5"),
+    "max_seq_length_100000": ("data", "--data.max_seq_length 100000"),
+    "unknown_option": ("config", "--data.bogus 3"),
+    "wrong_option_type": ("config", "--data.batch_size abc"),
+    "accelerator_gpu_without_gpu": ("config", "--trainer.accelerator gpu"),
+}
+for _name, (_category, _options) in RTE_OPTIONS.items():
+    CASES[_name] = (_category, lambda d, options=_options: refused_rte(d, *options.split()))
 
 
 # ----------------------------------------------------------------------------- config
-def bad_config(d: Path, content: bytes) -> Spec:
-    (d / "bad.yaml").write_bytes(content)
+@case("config")
+def binary_config_file(d: Path) -> Spec:
+    (d / "bad.yaml").write_bytes(bytes(range(256)) * 4)
     return refused_rte(d, "-c", str(d / "bad.yaml"))
 
 
 @case("config")
-def binary_config_file(d: Path) -> Spec:
-    return bad_config(d, bytes(range(256)) * 4)
-
-
-@case("config")
 def non_yaml_config_file(d: Path) -> Spec:
-    return bad_config(d, b"trainer: [1,\n  data")
-
-
-@case("config")
-def unknown_option(d: Path) -> Spec:
-    return refused_rte(d, "--data.bogus", "3")
-
-
-@case("config")
-def wrong_option_type(d: Path) -> Spec:
-    return refused_rte(d, "--data.batch_size", "abc")
+    (d / "bad.yaml").write_bytes(b"trainer: [1,\n  data")
+    return refused_rte(d, "-c", str(d / "bad.yaml"))
 
 
 @case("config")
 def backbone_and_backbone_config(d: Path) -> Spec:
-    return refused_rte(d, "--model.backbone", str(d / "some-model"))
-
-
-@case("config")
-def accelerator_gpu_without_gpu(d: Path) -> Spec:
-    return refused_rte(d, "--trainer.accelerator", "gpu")
+    return refused_rte(d, "--model.backbone", str(d / "some-model"))  # tiny_bert has a backbone_config
 
 
 @case("config")
@@ -338,69 +268,65 @@ def sweep_binary_config(d: Path) -> Spec:
 
 @case("config")
 def sweep_every_trial_fails(d: Path) -> Spec:
-    # No --data.data_dir, offline: every trial fails on the data; the study's record is kept.
+    # No --data.data_dir, offline: every trial fails on the data (the study's record is kept).
     args = ["sweep", "-c", str(REPO / "experiments/sweeps/tiny_rte.yaml"), "--out", str(d / "out")]
-    args += ["--launcher", "inprocess", "--n-trials", "1", "--wandb_mode", "disabled"]
-    return Spec(args, check=contains("all 1 trial(s) this worker ran failed"))
+    args += "--launcher inprocess --n-trials 1 --wandb_mode disabled".split()
+    return Spec(args, checks=[contains("all 1 trial(s) this worker ran failed")])
 
 
 # ----------------------------------------------------------------------------- checkpoint
-def refused_ckpt(d: Path, ckpt: Path, command: str = "validate") -> Spec:
+def refused_ckpt(d: Path, ckpt: Path, *checks, command: str = "validate") -> Spec:
     args = fit_args("rte", GLUE, d / "out", "--ckpt_path", str(ckpt), command=command)
-    return Spec(args, watch=[W / "trained", d], absent=[d / "out"], check=no_marker(d))
+    return Spec(args, watch=[W / "trained", d], absent=[d / "out"], checks=[no_marker(d), *checks])
 
 
 @case("checkpoint")
 def truncated_ckpt(d: Path) -> Spec:
-    (d / "broken.ckpt").write_bytes((W / "trained" / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    spec = refused_ckpt(d, d / "broken.ckpt")
-    spec.check = contains("broken.ckpt could not be read")
-    return spec
+    (d / "broken.ckpt").write_bytes((W / "trained/checkpoints/last.ckpt").read_bytes()[:5000])
+    return refused_ckpt(d, d / "broken.ckpt", contains("broken.ckpt could not be read"))
 
 
 @case("checkpoint")
 def pickle_payload(d: Path) -> Spec:
-    return refused_ckpt(d, hostile_copy(d / "pickle.ckpt", extra=Payload(d / "marker")))
+    ckpt = hostile_copy(d / "pickle.ckpt", extra=Payload(d / "marker"))
+    return refused_ckpt(d, ckpt, contains("Unsupported global: GLOBAL exec"))
 
 
 @case("checkpoint")
 def foreign_class_os_foo(d: Path) -> Spec:
     ckpt = hostile_copy(d / "os.ckpt", {"_class_path": "os.Foo"}, {"module": "os.Foo"})
-    spec = refused_ckpt(d, ckpt)
-    spec.check = contains("'os.Foo', which is not one of apm's")
-    return spec
+    return refused_ckpt(d, ckpt, contains("'os.Foo', which is not one of apm's"))
 
 
 @case("checkpoint")
 def trust_remote_code_ckpt(d: Path) -> Spec:
-    return refused_ckpt(d, remote_code_ckpt(d), command="fit")
+    return refused_ckpt(d, remote_code_ckpt(d), contains("trust_remote_code true"), command="fit")
 
 
 @case("checkpoint")
 def export_trust_remote_code_ckpt(d: Path) -> Spec:
-    ckpt = remote_code_ckpt(d)
-    return Spec(["export", str(ckpt), str(d / "hf")], watch=[d], absent=[d / "hf"], check=no_marker(d))
+    args = ["export", str(remote_code_ckpt(d)), str(d / "hf")]
+    return Spec(args, watch=[d], absent=[d / "hf"], checks=[no_marker(d)])
 
 
 @case("checkpoint")
 def model_backbone_is_hostile_ckpt(d: Path) -> Spec:
-    ckpt = remote_code_ckpt(d)
-    args = fit_args("rte", GLUE, d / "out", "--model.backbone", str(ckpt), model=())
-    return Spec(args, watch=[W / "trained", d], absent=[d / "out"], check=no_marker(d))
+    args = fit_args("rte", GLUE, d / "out", "--model.backbone", str(remote_code_ckpt(d)), model=())
+    return Spec(args, watch=[W / "trained", d], absent=[d / "out"], checks=[no_marker(d)])
 
 
 @case("checkpoint")
 def resume_with_other_data_settings(d: Path) -> Spec:
     run = trained_copy(d)
     args = fit_args("rte", GLUE, run, "--ckpt_path", "last", "--data.max_seq_length", "24")
-    return Spec(args, watch=[run], check=contains("data.max_seq_length was 32, now 24"))
+    return Spec(args, watch=[run], checks=[contains("data.max_seq_length was 32, now 24")])
 
 
 # ----------------------------------------------------------------------------- directory
 @case("directory")
 def fresh_fit_into_used_run_dir(d: Path) -> Spec:
     run = trained_copy(d)
-    return Spec(fit_args("rte", GLUE, run), watch=[run], check=contains("already holds a run"))
+    return Spec(fit_args("rte", GLUE, run), watch=[run], checks=[contains("already holds a run")])
 
 
 @case("directory")
@@ -412,30 +338,25 @@ def run_dir_is_a_file(d: Path) -> Spec:
 @case("directory")
 def export_overwrite_onto_run_dir(d: Path) -> Spec:
     run = trained_copy(d)
-    args = ["export", str(run / "checkpoints" / "last.ckpt"), str(run), "--overwrite"]
-    return Spec(args, watch=[run], check=contains("holds the checkpoint being exported"))
+    args = ["export", str(run / "checkpoints/last.ckpt"), str(run), "--overwrite"]
+    return Spec(args, watch=[run], checks=[contains("holds the checkpoint being exported")])
 
 
 @case("directory")
 def export_to_a_file(d: Path) -> Spec:
     (d / "out.txt").write_text("x")
-    return Spec(["export", str(W / "trained" / "checkpoints" / "last.ckpt"), str(d / "out.txt")], watch=[d])
+    return Spec(["export", str(W / "trained/checkpoints/last.ckpt"), str(d / "out.txt")], watch=[d])
 
 
 def evaluate_into_run_dir(d: Path, command: str) -> Spec:
+    """The training run's records stay byte-identical; the command adds only its own files."""
     run = trained_copy(d)
     args = fit_args("rte", GLUE, run, "--ckpt_path", str(best_ckpt(run)), command=command)
     return Spec(args, expect=0, watch=[run])
 
 
-@case("directory")
-def predict_into_training_run_dir(d: Path) -> Spec:
-    return evaluate_into_run_dir(d, "predict")
-
-
-@case("directory")
-def validate_into_training_run_dir(d: Path) -> Spec:
-    return evaluate_into_run_dir(d, "validate")
+CASES["predict_into_training_run_dir"] = ("directory", lambda d: evaluate_into_run_dir(d, "predict"))
+CASES["validate_into_training_run_dir"] = ("directory", lambda d: evaluate_into_run_dir(d, "validate"))
 
 
 @case("directory")
@@ -447,103 +368,70 @@ def glue_out_is_a_file(d: Path) -> Spec:
 
 @case("directory")
 def report_run_without_metrics_csv(d: Path) -> Spec:
-    shutil.copytree(W / "trained", d / "runs" / "a")
-    shutil.copytree(W / "trained", d / "runs" / "b")
-    shutil.rmtree(d / "runs" / "b" / "csv")
+    """Not an error: the report is written, with one warning for the run without a CSV log."""
+    shutil.copytree(W / "trained", d / "runs/a")
+    shutil.copytree(W / "trained", d / "runs/b")
+    shutil.rmtree(d / "runs/b/csv")
     args = ["report", str(d / "runs"), "--out", str(d / "report"), "--wandb_mode", "disabled"]
-    return Spec(args, expect=0, watch=[d / "runs"], check=contains("b has no csv/metrics.csv"))
+    return Spec(args, expect=0, watch=[d / "runs"], checks=[contains("b has no csv/metrics.csv")])
 
 
 # ----------------------------------------------------------------------------- signal
-LONG_FIT = ["--trainer.max_epochs", "-1", "--trainer.max_steps", "500", "--checkpoint_every_n_steps", "1"]
-LONG_FIT += ["--data.batch_size", "8", "--trainer.log_every_n_steps", "1"]
+LONG_FIT = "--trainer.max_epochs -1 --trainer.max_steps 500 --checkpoint_every_n_steps 1"
+LONG_FIT = f"{LONG_FIT} --data.batch_size 8 --trainer.log_every_n_steps 1".split()
 
 
-def last_ckpt_saved(run: Path, message: str) -> Callable[[str], str | None]:
-    def check(out: str) -> str | None:
-        if not (run / "checkpoints" / "last.ckpt").is_file():
-            return "no last.ckpt"
-        return None if message in out else f"output lacks {message!r}"
-
-    return check
-
-
-@case("signal")
-def sigint_during_fit(d: Path) -> Spec:
-    run = d / "run"
-    return Spec(
-        fit_args("rte", GLUE, run, *LONG_FIT),
-        expect=130,
-        signal=signal.SIGINT,
-        wait_for=run / "checkpoints" / "last.ckpt",
-        check=last_ckpt_saved(run, "apm: stopped by Ctrl-C; last.ckpt was saved"),
-    )
+def stopped(d: Path, sig: int, code: int, message: str) -> Spec:
+    """A long fit stopped by ``sig`` once its first last.ckpt exists: it saves last.ckpt again."""
+    last = d / "run/checkpoints/last.ckpt"
+    missing = lambda _: None if last.is_file() else "no last.ckpt"  # noqa: E731
+    checks = [missing, contains(f"apm: stopped by {message}; last.ckpt was saved")]
+    return Spec(fit_args("rte", GLUE, d / "run", *LONG_FIT), code, signal=sig, wait_for=last, checks=checks)
 
 
-@case("signal")
-def sigterm_during_fit(d: Path) -> Spec:
-    run = d / "run"
-    return Spec(
-        fit_args("rte", GLUE, run, *LONG_FIT),
-        expect=143,
-        signal=signal.SIGTERM,
-        wait_for=run / "checkpoints" / "last.ckpt",
-        check=last_ckpt_saved(run, "apm: stopped by SIGTERM; last.ckpt was saved"),
-    )
+CASES["sigint_during_fit"] = ("signal", lambda d: stopped(d, signal.SIGINT, 130, "Ctrl-C"))
+CASES["sigterm_during_fit"] = ("signal", lambda d: stopped(d, signal.SIGTERM, 143, "SIGTERM"))
 
 
 @case("signal")
 def kill9_then_resume(d: Path) -> Spec:
-    import torch
-
-    run = d / "run"
-    rc, _, err, _ = launch(
-        fit_args("rte", GLUE, run, *LONG_FIT), signal.SIGKILL, run / "checkpoints/last.ckpt"
-    )
+    """SIGKILL mid-run (no handler runs), then the same command with --ckpt_path last."""
+    run, steps = d / "run", 30
+    fit = fit_args("rte", GLUE, run, *LONG_FIT, "--trainer.max_steps", str(steps))
+    rc, _, err, _ = launch(fit, signal.SIGKILL, run / "checkpoints/last.ckpt")
     if rc != -signal.SIGKILL:
-        raise RuntimeError(f"the run to kill ended with {rc}: {err[-2000:]}")
-    step = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
-    args = fit_args("rte", GLUE, run, *LONG_FIT, "--ckpt_path", "last", "--trainer.max_steps", str(step + 2))
+        raise RuntimeError(f"the run to kill ended with {rc} before the kill: {err[-2000:]}")
 
     def each_step_once(_: str) -> str | None:
-        import csv
+        with open(run / "csv/metrics.csv", newline="") as f:
+            logged = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
+        return None if logged == list(range(steps)) else f"metrics.csv steps {logged}, not 0..{steps - 1}"
 
-        with open(run / "csv" / "metrics.csv", newline="") as f:
-            steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
-        return (
-            None if steps == list(range(step + 2)) else f"metrics.csv steps {steps}, not 0..{step + 1} once"
-        )
-
-    return Spec(args, expect=0, watch=[run], resume=True, check=each_step_once)
+    return Spec([*fit, "--ckpt_path", "last"], expect=0, watch=[run], resume=True, checks=[each_step_once])
 
 
 # ----------------------------------------------------------------------------- secret
-def rte_copy(root: Path) -> Path:
-    (root / "RTE").mkdir(parents=True)
-    for name in ("train.tsv", "dev.tsv", "test.tsv"):
-        lines = (GLUE / "RTE" / name).read_text("utf-8").splitlines()[:17]
-        (root / "RTE" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
-
-
 @case("secret")
 def secret_in_data_dir(d: Path) -> Spec:
-    data, run = rte_copy(d / f"password={SECRET}"), d / "run"
+    """A password in the data path: in no output and no file of the run (checkpoint bytes too)."""
+    data, run = d / f"password={SECRET}", d / "run"
+    (data / "RTE").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        lines = (GLUE / "RTE" / name).read_text("utf-8").splitlines()[:17]
+        (data / "RTE" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def nowhere(out: str) -> str | None:
-        if SECRET in out:
-            return "secret printed"
         leaks = [p.name for p in run.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-        return f"secret in {leaks}" if leaks else None
+        return "secret printed" if SECRET in out else f"secret in {leaks}" if leaks else None
 
-    return Spec(fit_args("rte", data, run), expect=0, watch=[data], check=nowhere)
+    return Spec(fit_args("rte", data, run), expect=0, watch=[data], checks=[nowhere])
 
 
 @case("secret")
 def secret_in_bad_data_path(d: Path) -> Spec:
-    spec = Spec(fit_args("rte", d / f"token={TOKEN}" / "missing", d / "run"), absent=[d / "run"])
-    spec.check = lambda out: "secret printed" if TOKEN in out else contains("token=***")(out)
-    return spec
+    printed = lambda out: "secret printed" if TOKEN in out else None  # noqa: E731
+    args = fit_args("rte", d / f"token={TOKEN}" / "missing", d / "run")
+    return Spec(args, absent=[d / "run"], checks=[printed, contains("token=***")])
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -561,7 +449,7 @@ def snapshot(paths: list[Path]) -> dict[str, tuple[str, int]]:
     return files
 
 
-def launch(args: list[str], sig: int | None = None, wait_for: Path | None = None, cwd: Path | None = None):
+def launch(args: list[str], sig: int | None = None, wait_for: Path | None = None):
     """Run apm to the end, or send ``sig`` once ``wait_for`` exists; (rc, stdout, stderr, seconds)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -570,7 +458,7 @@ def launch(args: list[str], sig: int | None = None, wait_for: Path | None = None
         stderr=subprocess.PIPE,
         text=True,
         env=env(),
-        cwd=cwd or W,
+        cwd=W,
         # Ctrl-C as a terminal delivers it (a background job ignores SIGINT otherwise).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -586,39 +474,35 @@ def launch(args: list[str], sig: int | None = None, wait_for: Path | None = None
 
 def run_case(name: str) -> dict:
     category, build = CASES[name]
-    d = W / name
-    d.mkdir()
-    spec = build(d)
+    (d := W / name).mkdir()
+    row = dict(name=name, category=category, expect=2, rc=-1, traceback=False, seconds=0.0, changed=0)
+    row.update(resume=False, errors=0, lines=0, ok=False, problems="", line="")
+    try:
+        spec = build(d)
+    except Exception as err:  # the case could not be set up: a failed row, not a crashed table
+        return {**row, "problems": f"setup failed: {err!r}"[:300]}
     before = snapshot(spec.watch)
-    rc, out, err, seconds = launch(spec.args, spec.signal, spec.wait_for, spec.cwd)
+    rc, out, err, seconds = launch(spec.args, spec.signal, spec.wait_for)
     after = snapshot(spec.watch)
-    changed = [p for p in before if after.get(p) != before[p]]
-    new = sorted(set(after) - set(before))
-    errors = [x for x in err.splitlines() if x.startswith("apm: error:")]
+    changed = [os.path.relpath(p, W) for p in before if after.get(p) != before[p]]
+    new = [os.path.relpath(p, W) for p in sorted(set(after) - set(before))]
+    lines = err.strip().splitlines()
+    errors = [x for x in lines if x.startswith("apm: error:")]
     traceback = "Traceback (most recent call last)" in out + err
-    problems = []
-    if rc != spec.expect:
-        problems.append(f"exit {rc}")
-    if traceback:
-        problems.append("traceback")
-    if changed and not spec.resume:
-        problems.append(f"changed {[os.path.relpath(p, W) for p in changed][:3]}")
-    if spec.expect == 2:
-        if len(errors) != 1 or err.strip().splitlines()[-1:] != errors:
-            problems.append(f"{len(errors)} error lines")
-        if new:
-            problems.append(f"refused but wrote {[os.path.relpath(p, W) for p in new][:3]}")
+    problems = [f"exit {rc}"] if rc != spec.expect else []
+    problems += ["traceback"] if traceback else []
+    problems += [f"changed {changed[:3]}"] if changed and not spec.resume else []
+    if spec.expect == 2:  # a refusal: one error line, last; nothing written
+        problems += [f"{len(errors)} error lines"] if len(errors) != 1 or lines[-1:] != errors else []
+        problems += [f"refused but wrote {new[:3]}"] if new else []
         problems += [f"refused but created {p.name}" for p in spec.absent if p.exists()]
     elif errors:
         problems.append("error line on success")
-    if spec.check is not None and (problem := spec.check(out + err)):
-        problems.append(problem)
-    line = errors[-1] if errors else (err.strip().splitlines() or [""])[-1]
-    return dict(
-        name=name, category=category, expect=spec.expect, rc=rc, traceback=traceback, seconds=seconds,
-        changed=len(changed), resume=spec.resume, errors=len(errors), ok=not problems,
-        problems="; ".join(problems), line=line[:160],
-    )  # fmt: skip
+    problems += [p for check in spec.checks if (p := check(out + err))]
+    row.update(expect=spec.expect, rc=rc, traceback=traceback, seconds=seconds, changed=len(changed))
+    row.update(resume=spec.resume, errors=len(errors), lines=len(lines), ok=not problems)
+    row.update(problems="; ".join(problems), line=(errors or lines or [""])[-1][:160])
+    return row
 
 
 def train_once() -> None:
@@ -629,6 +513,7 @@ def train_once() -> None:
     print(f"trained the shared tiny_bert checkpoint in {seconds:.0f}s", flush=True)
 
 
+CATEGORIES = ("data", "config", "checkpoint", "directory", "signal", "secret")
 NEEDS_TRAINED = {"checkpoint", "directory"}
 
 
@@ -643,22 +528,22 @@ def main() -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print each case's last stderr line")
     args = parser.parse_args()
     if args.list:
-        for name, (category, _) in CASES.items():
-            print(f"{category:10s} {name}")
+        for name in sorted(CASES, key=lambda n: CATEGORIES.index(CASES[n][0])):
+            print(f"{CASES[name][0]:10s} {name}")
         return 0
     unknown = [n for n in args.only if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; see --list")
     if not GLUE.is_dir():
         parser.error(f"GLUE data not found at {GLUE}")
-    names = args.only or list(CASES)
+    names = args.only or sorted(CASES, key=lambda n: CATEGORIES.index(CASES[n][0]))  # stable sort
     W = Path(tempfile.mkdtemp(prefix="apm-hostile-"))
     rows = []
     try:
         if any(CASES[n][0] in NEEDS_TRAINED or n == "secret_in_data_dir" for n in names):
             train_once()
         head = f"{'case':34s} {'category':10s} {'want':>4s} {'exit':>4s} {'tb':3s} {'secs':>6s} "
-        head += f"{'changed':>7s} {'errs':>4s} result"
+        head += f"{'changed':>7s} {'errs':>4s} {'lines':>5s} result"
         print(head, flush=True)
         for name in names:
             r = run_case(name)
@@ -666,7 +551,7 @@ def main() -> int:
             changed = f"{r['changed']}{'*' if r['resume'] else ''}"
             print(
                 f"{r['name']:34s} {r['category']:10s} {r['expect']:4d} {r['rc']:4d} "
-                f"{'yes' if r['traceback'] else 'no':3s} {r['seconds']:6.1f} {changed:>7s} {r['errors']:4d} "
+                f"{'yes' if r['traceback'] else 'no':3s} {r['seconds']:6.1f} {changed:>7s} {r['errors']:4d} {r['lines']:5d} "
                 f"{'PASS' if r['ok'] else 'FAIL: ' + r['problems']}",
                 flush=True,
             )
@@ -682,7 +567,8 @@ def main() -> int:
     print(
         f"\n{passed}/{len(rows)} passed, {len(rows) - passed} failed, {total_seconds:.0f}s in apm processes"
     )
-    print("(changed: pre-existing files whose sha256 or mtime changed; * = a resume, which may append)")
+    print("(tb: a Python traceback in stdout/stderr; changed: pre-existing files whose sha256 or mtime")
+    print(" changed, * = a resume, which may append; errs: 'apm: error:' lines; lines: all stderr lines)")
     return 0 if passed == len(rows) else 1
 
 
