@@ -18,7 +18,9 @@ from typing import Any
 from apm_lightning.data import sources
 
 SOURCES = ("auto", "local", "hub", "sample")
-SAMPLE_DESCRIPTION = "the SST-2 sample shipped with apm (3,000 of 67,349 train rows, the full 872-row dev set)"
+SAMPLE_DESCRIPTION = (
+    "the SST-2 sample shipped with apm (3,000 of 67,349 train rows, the full 872-row dev set)"
+)
 
 
 def sample_root() -> Path:

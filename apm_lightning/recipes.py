@@ -88,8 +88,9 @@ def require_recipe(name: str) -> Path:
 
 
 def configs_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="apm configs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="apm configs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the shipped recipes, by short name")
     show = sub.add_parser("show", help="print one recipe")

