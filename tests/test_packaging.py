@@ -150,9 +150,18 @@ def test_minilm_without_the_extra_offline_fails_fast_naming_extra_and_hub_id(tmp
 # --------------------------------------------------------------------------- the installed wheel
 @pytest.mark.slow
 def test_the_wheel_runs_demo_and_glue_from_an_empty_folder(tmp_path):
+    # Built from a copy of what the Docker image copies, so that nothing else is needed and no
+    # build folder is left in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "apm_lightning", source / "apm_lightning", ignore=shutil.ignore_patterns("__pycache__")
+    )
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True,
         timeout=300,
     )
