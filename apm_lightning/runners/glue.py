@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ def model_args(model: str) -> list[str]:
     if model.endswith((".yaml", ".yml")) or Path(model).is_file():
         if not Path(model).is_file():
             raise APMError(f"model config not found: {model}")
-        return ["-c", str(Path(model).resolve())]
+        # abspath, not resolve: experiments/ is a link, and the path stays the one the user named.
+        return ["-c", os.path.abspath(model)]
     return ["--model.backbone", model]
 
 
