@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from apm_lightning.checks import check_output_dir
 from apm_lightning.errors import APMError
 
 
@@ -24,20 +25,58 @@ def load_module_from_checkpoint(path: str | Path, allow_unsafe: bool = False):
     return load_module(checkpoint, str(path))
 
 
+# Written in every exported folder, listing its files: --overwrite replaces only such a folder.
+MARKER = ".apm-export"
+
+
+def check_export_target(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> None:
+    """Refuse an ``out`` that holds anything but an earlier export (``--overwrite``), or that
+    holds ``source``, the checkpoint being exported."""
+    out = Path(out)
+    if source is not None:
+        src, target = Path(source).resolve(), out.resolve()
+        if target == src or target in src.parents:
+            raise APMError(f"{out} holds the checkpoint being exported ({source}); choose another folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise APMError(f"{out} is a file, not a folder; choose another folder")
+    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    if not present and not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    try:
+        listed = set(json.loads((out / MARKER).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise APMError(
+            f"--overwrite only replaces a folder written by apm export, and {out} has no {MARKER} "
+            "marker; choose another folder"
+        ) from None
+    other = [p for p in present if p != MARKER and p not in listed]
+    if other:
+        raise APMError(
+            f"--overwrite only replaces a folder written by apm export, and {out} also holds "
+            f"{other[0]}"
+            + (f" and {len(other) - 1} more files" if len(other) > 1 else "")
+            + "; choose another folder"
+        )
+
+
 def export_checkpoint(
     ckpt: str | Path, out: str | Path, overwrite: bool = False, allow_unsafe: bool = False
 ) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    check_output_dir(out, "output folder")  # a file there is never replaced, even with --overwrite
+    check_export_target(out, overwrite, source=ckpt)
     return export_module(load_module_from_checkpoint(ckpt, allow_unsafe), out, overwrite)
 
 
 def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or replaced on request)."""
+    """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or an earlier export
+    replaced on request)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    check_output_dir(out, "output folder")
+    check_export_target(out, overwrite)
     if not hasattr(module, "export_hf"):
         raise APMError(
             f"{type(module).__name__} has no Hugging Face form to export (only Transformer models do)"
@@ -49,6 +88,8 @@ def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
     try:
         module.export_hf(str(tmp))
         strip_remote_code(tmp)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
+        (tmp / MARKER).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -76,7 +117,9 @@ def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="apm export", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by apm fit")
     parser.add_argument("out", help="output folder (must be new or empty unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a folder that an earlier apm export wrote"
+    )
     parser.add_argument(
         "--allow-unsafe-checkpoints",
         action="store_true",

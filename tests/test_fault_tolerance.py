@@ -222,6 +222,6 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     # of one id start within the same second.
     assert len(runs) == 2 and all(f"-{run_id}" in r.name for r in runs), runs
     assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
-    # A fresh fit (no --ckpt_path) in the same directory is a new W&B run.
-    assert main(args) == 0
-    assert (tmp_path / "wandb_run_id").read_text().strip() != run_id
+    # A fresh fit (no --ckpt_path) into the same directory is refused: it would replace the run.
+    assert main(args) == 2
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id

@@ -28,8 +28,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from apm_lightning.checks import require_positive, require_sample_limit
 from apm_lightning.data.cache import default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, ResumableLoader
+from apm_lightning.data.text_encoding import check_encoding_name
 from apm_lightning.data.text_sources import TextSource
 from apm_lightning.errors import APMError
 from apm_lightning.redact import redact_text
@@ -181,6 +183,11 @@ class CorpusDataModule(pl.LightningDataModule):
         self._log_hyperparams = False  # the CLI logs the whole config
         if block_size < 8:
             raise APMError(f"block_size={block_size} is too short (use 8 or more)")
+        require_positive("data.batch_size", batch_size)
+        require_positive("data.eval_batch_size", eval_batch_size, optional=True)
+        require_sample_limit("data.max_documents", max_documents)
+        require_sample_limit("data.max_validation_blocks", max_validation_blocks)
+        check_encoding_name(encoding)
         if not 0.0 < validation_fraction < 1.0:
             raise APMError(f"validation_fraction must be between 0 and 1, not {validation_fraction}")
         self.source = TextSource(

@@ -19,11 +19,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from apm_lightning.checks import not_a_file_reason, require_positive, require_sample_limit
 from apm_lightning.data import sources
-from apm_lightning.data.cache import cached_dataset, default_cache_dir
+from apm_lightning.data.cache import cached_dataset, default_cache_dir, file_digest
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GlueTask, get_task
+from apm_lightning.data.text_encoding import check_encoding_name
 from apm_lightning.errors import APMError
 from apm_lightning.redact import redact_text
 
@@ -51,6 +53,8 @@ class GLUEDataModule(pl.LightningDataModule):
         group_by_length: batch training rows of similar length together (less padding).
         test_split: the labelled split ``apm test`` scores (GLUE test files have no labels).
         predict_split: the split(s) ``apm predict`` writes (``test`` covers MNLI's two).
+        encoding: of local text files (TSV, CSV, JSON): ``auto`` is UTF-8, or UTF-16/UTF-32
+            when the file starts with a byte-order mark; else a codec name such as ``latin-1``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class GLUEDataModule(pl.LightningDataModule):
         predict_split: str = "test",
         num_workers: int = 0,
         cache_dir: str | None = None,
+        encoding: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,6 +88,14 @@ class GLUEDataModule(pl.LightningDataModule):
             raise APMError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
         if max_seq_length < 8:
             raise APMError(f"max_seq_length={max_seq_length} is too short (use 8 or more)")
+        require_positive("data.batch_size", batch_size)
+        require_positive("data.eval_batch_size", eval_batch_size, optional=True)
+        require_sample_limit("data.max_train_samples", max_train_samples)
+        require_sample_limit("data.max_eval_samples", max_eval_samples)
+        require_sample_limit("data.max_predict_samples", max_predict_samples)
+        check_encoding_name(encoding)
+        self.encoding = encoding
+        self._identities: dict[str, str] = {}
         self.data_dir = data_dir
         self.source = source
         self.data_files = data_files
@@ -122,8 +135,13 @@ class GLUEDataModule(pl.LightningDataModule):
     def _local_task_dir(self, root: Path) -> Path | None:
         first = next(iter(self.task.splits.values())).filename
         for candidate in (root / self.task.folder, root / "glue" / self.task.folder, root):
-            if (candidate / first).is_file():
+            reason = not_a_file_reason(candidate / first)
+            if reason is None:
                 return candidate
+            if reason != "does not exist":  # there, but unreadable: say so, not "no folder"
+                raise APMError(
+                    f"{self.task.name}: {candidate / first} {reason}; it must be the split's TSV file"
+                )
         return None
 
     def _resolve_loader(self):
@@ -139,7 +157,9 @@ class GLUEDataModule(pl.LightningDataModule):
                     raise APMError(
                         f"{task.name}: no file given for split {split!r} (set --data.data_files.{split} PATH)"
                     )
-                return read_table(task, files[split], self.column_map, task.splits[split].labelled)
+                return read_table(
+                    task, files[split], self.column_map, task.splits[split].labelled, self.encoding
+                )
 
             return from_files
         if source == "synthetic":
@@ -177,7 +197,7 @@ class GLUEDataModule(pl.LightningDataModule):
     def _local_loader(self, folder: Path):
         def load(split: str) -> dict[str, list]:
             spec = self.task.splits[split]
-            return read_glue_tsv(self.task, folder / spec.filename, spec.labelled)
+            return read_glue_tsv(self.task, folder / spec.filename, spec.labelled, self.encoding)
 
         self._local_folder = folder
         return load
@@ -228,7 +248,7 @@ class GLUEDataModule(pl.LightningDataModule):
 
     def check(self, stage: str) -> None:
         """Read every split ``stage`` needs now, so bad data fails before a run starts; a local
-        file already read whole (same size and modification time) is not read again."""
+        file already read whole (same content) is not read again."""
         for split in self._stage_splits(stage):
             if self._loader is None:
                 self._loader = self._resolve_loader()
@@ -250,15 +270,17 @@ class GLUEDataModule(pl.LightningDataModule):
         return None
 
     def _file_identity(self, split: str) -> str:
-        """Path, size and modification time of the split's file (its source otherwise): what
-        decides whether a cached result still holds."""
+        """The split file's path and a hash of its bytes (its source otherwise): what decides
+        whether a cached result still holds. Hashed once per run; size and modification time
+        alone would serve stale rows after an edit that keeps both."""
         path = self._split_file(split)
         if path is None:
             return self.source_description
         if not path.is_file():
             self.raw_split(split)  # the reader's own clear error
-        stat = path.stat()
-        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if split not in self._identities:
+            self._identities[split] = f"{path.resolve()}|{file_digest(path)}|{self.encoding}"
+        return self._identities[split]
 
     def _validated_marker(self, split: str) -> Path | None:
         """Where the check of a local split file is remembered (other sources: never)."""

@@ -13,10 +13,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from apm_lightning.checks import not_a_file_reason, shorten
 from apm_lightning.data.glue_tasks import GlueTask
+from apm_lightning.data.text_encoding import check_decodes, decode_error, resolve_encoding
 from apm_lightning.errors import APMError
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def _label_converter(task: GlueTask, where: str):
                 score = float(value)
             except (TypeError, ValueError):
                 raise APMError(
-                    f"{where}, line {line}: score {value!r} is not a number "
+                    f"{where}, line {line}: score {shorten(repr(value))} is not a number "
                     f"(STS-B scores are floats in [0, 5])"
                 ) from None
             if not math.isfinite(score) or not 0.0 <= score <= 5.0:
@@ -56,7 +59,7 @@ def _label_converter(task: GlueTask, where: str):
             key = str(int(value))
         if key not in lookup:
             raise APMError(
-                f"{where}, line {line}: label {value!r} is not a {task.name} label "
+                f"{where}, line {line}: label {shorten(repr(value))} is not a {task.name} label "
                 f"(expected one of: {accepted})"
             )
         return lookup[key]
@@ -72,20 +75,34 @@ def _empty_columns(task: GlueTask) -> dict[str, list]:
     return columns
 
 
-def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str, list]:
-    """Read one split file of the original GLUE layout (quoting disabled: quotes are text)."""
+def read_glue_tsv(
+    task: GlueTask, path: str | Path, labelled: bool, encoding: str = "auto"
+) -> dict[str, list]:
+    """Read one split file of the original GLUE layout (quoting disabled: quotes are text);
+    ``encoding`` ``auto`` is UTF-8, or what the file's byte-order mark says (UTF-16...)."""
     path = Path(path)
-    if not path.is_file():
+    reason = not_a_file_reason(path)
+    if reason == "does not exist":
         raise APMError(
             f"{task.name}: file not found: {path} (point --data.data_dir at a folder in the "
             f"GLUE layout, e.g. {task.folder}/{path.name})"
         )
+    if reason:
+        raise APMError(f"{task.name}: {path} {reason}; it must be the split's TSV file")
+    codec = resolve_encoding(path, encoding)
+    try:
+        return _read_glue_tsv(task, path, labelled, codec)
+    except UnicodeDecodeError:
+        raise decode_error(path, codec) from None
+
+
+def _read_glue_tsv(task: GlueTask, path: Path, labelled: bool, encoding: str) -> dict[str, list]:
     to_label = _label_converter(task, str(path)) if labelled else None
     missing_label = float("nan") if task.is_regression else -1
     columns = _empty_columns(task)
     skipped = 0
-    # utf-8-sig drops MRPC's byte-order mark so its first header name reads "Quality".
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    # utf-8-sig (resolve_encoding) drops MRPC's byte-order mark: its first header reads "Quality".
+    with path.open(encoding=encoding, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         headerless = labelled and task.headerless_positions is not None
         if headerless:
@@ -100,7 +117,7 @@ def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str,
             if absent:
                 raise APMError(
                     f"{path}, line 1: header lacks column(s) {', '.join(map(repr, absent))} "
-                    f"for {task.name} (found: {', '.join(header)})"
+                    f"for {task.name} (found: {shorten(', '.join(header))})"
                 )
             positions = [header.index(c) for c in task.text_columns]
             label_pos = header.index(task.label_column) if labelled else None
@@ -125,7 +142,9 @@ def read_glue_tsv(task: GlueTask, path: str | Path, labelled: bool) -> dict[str,
                 try:
                     columns["idx"].append(int(row[idx_pos]))
                 except ValueError:
-                    raise APMError(f"{path}, line {line}: index {row[idx_pos]!r} is not an integer") from None
+                    raise APMError(
+                        f"{path}, line {line}: index {shorten(repr(row[idx_pos]))} is not an integer"
+                    ) from None
             else:
                 columns["idx"].append(len(columns["idx"]))
             columns["text_a"].append(row[positions[0]])
@@ -143,21 +162,35 @@ _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json
 
 
 def read_table(
-    task: GlueTask, path: str | Path, column_map: dict[str, str] | None, labelled: bool
+    task: GlueTask,
+    path: str | Path,
+    column_map: dict[str, str] | None,
+    labelled: bool,
+    encoding: str = "auto",
 ) -> dict[str, list]:
     """Read a CSV/TSV/JSON(L)/parquet file with ``datasets``; ``column_map`` maps our names
     (``text_a``, ``text_b``, ``label``, ``idx``) to the file's column names."""
     import datasets
 
     path = Path(path)
-    if not path.is_file():
-        raise APMError(f"{task.name}: data file not found: {path}")
+    reason = not_a_file_reason(path)
+    if reason:
+        raise APMError(
+            f"{task.name}: data file {path} {reason}"
+            if reason != "does not exist"
+            else f"{task.name}: data file not found: {path}"
+        )
     fmt = _TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise APMError(
             f"{path}: unsupported file type {path.suffix!r} (use one of {', '.join(_TABLE_FORMATS)})"
         )
     kwargs: dict[str, Any] = {}
+    codec = None
+    if fmt in ("csv", "json"):
+        codec = resolve_encoding(path, encoding)
+        check_decodes(path, codec)
+        kwargs["encoding"] = codec
     if fmt == "csv":
         # pandas would read text such as "NA", "null" or an empty cell as a missing value, which
         # then reaches us as the string "None": keep every cell as written.
@@ -165,9 +198,16 @@ def read_table(
     if path.suffix.lower() == ".tsv":
         kwargs.update(delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
-        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        # A throw-away cache: datasets keys its own on path and mtime, and would serve stale rows
+        # after an edit that keeps both (ours is keyed on content, and skips this on a hit).
+        with tempfile.TemporaryDirectory(prefix="apm-table-") as scratch:
+            table = datasets.load_dataset(
+                fmt, data_files=str(path), split="train", cache_dir=scratch, keep_in_memory=True, **kwargs
+            )
     except Exception as err:  # datasets raises many types for unreadable files
-        raise APMError(f"{path}: could not be read as {fmt}: {err}") from None
+        if codec is not None and _caused_by(err, UnicodeError):
+            raise decode_error(path, codec) from None
+        raise APMError(f"{path}: could not be read as {fmt}: {shorten(err)}") from None
     mapping = {"text_a": "sentence1" if task.is_pair else "sentence", "label": "label"}
     if task.is_pair:
         mapping["text_b"] = "sentence2"
@@ -177,7 +217,7 @@ def read_table(
     if absent:
         raise APMError(
             f"{path}: column(s) not found: {', '.join(absent)} (the file has "
-            f"{', '.join(table.column_names)}; set --data.column_map)"
+            f"{shorten(', '.join(table.column_names))}; set --data.column_map)"
         )
     if len(table) == 0:
         raise APMError(f"{path}: the split is empty (no data rows)")
@@ -197,3 +237,14 @@ def read_table(
     else:
         columns["label"] = [float("nan") if task.is_regression else -1] * len(table)
     return columns
+
+
+def _caused_by(err: BaseException | None, kind: type) -> bool:
+    """Whether ``err`` or an exception it was raised from is a ``kind``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False

@@ -25,9 +25,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
+from apm_lightning.checks import require_positive, require_sample_limit, shorten
 from apm_lightning.data import sources
 from apm_lightning.data.cache import cached_dataset, default_cache_dir
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
+from apm_lightning.data.text_encoding import decode_error, resolve_encoding
 from apm_lightning.errors import APMError
 from apm_lightning.redact import redact_text
 
@@ -58,7 +60,7 @@ class SquadArticles:
 
     articles: list[list[QAExample]]
     is_v2: bool
-    origin: str  # what the cache key names: path, size and mtime, or the hub dataset
+    origin: str  # what the cache key names: path and content hash, or the hub dataset
 
 
 # ---------------------------------------------------------------------------- reading
@@ -98,10 +100,16 @@ def read_squad_file(path: str | Path, require_answers: bool = True) -> SquadArti
     path = Path(path).expanduser()
     if not path.is_file():
         raise APMError(f"SQuAD file not found: {path}")
+    raw = path.read_bytes()
+    codec = resolve_encoding(path)  # UTF-8, or what a byte-order mark says
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APMError(f"{path}: not valid JSON ({err})") from None
+        text = raw.decode(codec)
+    except UnicodeDecodeError:
+        raise decode_error(path, codec) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise APMError(f"{path}: not valid JSON ({shorten(err)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise APMError(f"{path}: not a SQuAD file (expected an object with a 'data' list of articles)")
     is_v2 = str(data.get("version", "")).lstrip("v").startswith("2")
@@ -124,8 +132,9 @@ def read_squad_file(path: str | Path, require_answers: bool = True) -> SquadArti
                 questions.append(example)
                 is_v2 |= v2
         articles.append(questions)
-    stat = path.stat()
-    return SquadArticles(articles, is_v2, f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    # The cache key names the content (see data.cache.file_digest): the bytes read above.
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    return SquadArticles(articles, is_v2, f"{path.resolve()}|{digest}")
 
 
 def read_squad_hub(version: int, split: str) -> SquadArticles:
@@ -310,6 +319,11 @@ class SQuADDataModule(pl.LightningDataModule):
             raise APMError(
                 f"need 0 < doc_stride ({doc_stride}) < max_seq_length ({max_seq_length}) and max_query_length >= 1"
             )
+        require_positive("data.batch_size", batch_size)
+        require_positive("data.eval_batch_size", eval_batch_size, optional=True)
+        require_sample_limit("data.max_train_samples", max_train_samples)
+        require_sample_limit("data.max_eval_samples", max_eval_samples)
+        require_sample_limit("data.max_predict_samples", max_predict_samples)
         self.source = source
         self.version = version
         self.split_by_article = split_by_article

@@ -10,7 +10,7 @@ Sources (any mix):
 - ``glue_task``: the text columns of a GLUE task's training split (task-adaptive pretraining),
   read by the GLUE data module from ``glue_data_dir``; a sentence pair is one document.
 
-``fingerprint`` names the content (paths, sizes, modification times, options), so caches of
+``fingerprint`` names the content (paths, hashes of the files' bytes, options), so caches of
 tokenized text are rebuilt when a file changes.
 """
 
@@ -34,6 +34,11 @@ def file_encoding(path: Path) -> str:
     bytes): old corpora such as some Project Gutenberg texts are Latin-1."""
     import codecs
 
+    from apm_lightning.data.text_encoding import resolve_encoding
+
+    marked = resolve_encoding(path)  # a byte-order mark decides (UTF-16 is not Latin-1)
+    if marked != "utf-8":
+        return marked
     decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as f:
         try:
@@ -81,10 +86,12 @@ class TextSource:
         return found
 
     def fingerprint(self) -> str:
+        from apm_lightning.data.cache import file_digest
+
         parts = {k: v for k, v in asdict(self).items() if k != "files"}
         for path in self.resolved_files():
-            stat = path.stat()
-            parts[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns]
+            # The bytes, not size and mtime: an edit that keeps both must not reuse the cache.
+            parts[str(path.resolve())] = file_digest(path)
         if self.dataset and Path(self.dataset).exists():
             stat = Path(self.dataset).stat()
             parts["dataset_mtime"] = stat.st_mtime_ns
@@ -145,16 +152,18 @@ class TextSource:
                             paragraph = []
                     if paragraph:
                         yield " ".join(paragraph)
-        except UnicodeDecodeError as err:
-            raise APMError(
-                f"{path} is not {encoding} text ({err.reason} at byte {err.start}); set data.encoding"
-            ) from None
+        except UnicodeDecodeError:
+            from apm_lightning.data.text_encoding import decode_error
+
+            raise decode_error(path, encoding) from None
 
     def _jsonl_documents(self, path: Path) -> Iterator[str]:
         try:
             yield from self._jsonl_records(path)
-        except UnicodeDecodeError as err:
-            raise APMError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except UnicodeDecodeError:
+            from apm_lightning.data.text_encoding import decode_error
+
+            raise decode_error(path, "utf-8") from None
 
     def _jsonl_records(self, path: Path) -> Iterator[str]:
         with open(path, encoding="utf-8") as f:

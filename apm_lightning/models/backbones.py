@@ -150,3 +150,17 @@ def build_sequence_classifier(
         return model.train()
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def check_backbone_choice(
+    backbone: str | None, backbone_config: dict[str, Any] | None, default: str | None
+) -> None:
+    """``backbone_config`` builds a model from scratch and ``backbone`` loads pretrained
+    weights: naming both (other than the class's default backbone, which a task config may
+    leave in place) is a contradiction that would silently drop the backbone."""
+    if backbone_config is not None and backbone is not None and backbone != default:
+        raise APMError(
+            f"model.backbone ({backbone}) and model.backbone_config are both set: the config trains "
+            f"from scratch and would ignore the backbone; drop one (set --model.backbone null, or "
+            f"--model.backbone_config null to fine-tune {backbone})"
+        )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apm_lightning.checks import check_output_dir
 from apm_lightning.data import sources
 from apm_lightning.data.glue_tasks import get_task
 from apm_lightning.errors import APMError
@@ -232,8 +233,11 @@ class GlueRunner:
         if not results_file.is_file():
             args = ["fit", "-c", self.recipe(task), *self.common(task), "--seed_everything", str(seed)]
             args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", f"{task}-seed{seed}"]
+            ckpts = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
             if (run.run_dir / "checkpoints" / "last.ckpt").is_file():
                 args += ["--ckpt_path", "last"]  # an interrupted run resumes exactly
+            elif ckpts:  # stopped between its best and its last save: resume from the newest
+                args += ["--ckpt_path", str(ckpts[-1])]
             started = time.perf_counter()
             print(f"apm glue: {task} seed {seed}: training ({run.run_dir})", flush=True)
             try:
@@ -435,6 +439,7 @@ def glue_main(argv: list[str]) -> dict[str, Any]:
     args, extra = build_parser().parse_known_args(argv)
     if args.seeds < 1:
         raise APMError("--seeds must be at least 1")
+    check_output_dir(args.out, "--out")
     unknown = [
         a for a in extra if a.startswith("-") and not a[1:2].isdigit() and not a.startswith(PASS_THROUGH)
     ]

@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from apm_lightning.checks import check_output_dir
+from apm_lightning.config_files import read_config_file
 from apm_lightning.errors import APMError
 from apm_lightning.recipes import find_recipe, resolve_config
 from apm_lightning.redact import redact_text as redact_url
@@ -48,6 +50,8 @@ from apm_lightning.training.results import write_json_atomic
 STORAGE_ENV = "APM_OPTUNA_STORAGE"  # the child's way to the study, kept out of saved configs
 PRUNED_FILE = "pruned.json"  # written by the pruning callback in the trial's run dir
 SPACE_TYPES = ("float", "int", "categorical")
+HEARTBEAT_SECONDS = 60  # a worker's running trial beats this often; 3 beats missed: its worker is dead
+MAX_RETRY = 2  # a trial whose worker died is run again this many times at most
 SPEC_KEYS = {"name", "base_configs", "overrides", "metric", "direction", "space", "sampler", "pruner"}
 
 
@@ -77,11 +81,17 @@ def _find(path: str, sweep_file: Path) -> str:
     raise APMError(f"{sweep_file}: base config {path} not found")
 
 
+def _checked(config: str, sweep_file: Path) -> str:
+    """A base config that every trial would fail on fails the sweep now, in one line."""
+    read_config_file(config, f"{sweep_file}: base config")
+    return config
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise APMError(f"sweep file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_config_file(path, "sweep file")  # not text, not YAML, not a mapping: one line
     unknown = set(data) - SPEC_KEYS
     if unknown:
         raise APMError(
@@ -100,7 +110,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise APMError(f"{path}: direction must be maximize or minimize")
     return SweepSpec(
         name=str(data.get("name") or path.stem),
-        base_configs=[_find(c, path) for c in data.get("base_configs") or []],
+        base_configs=[_checked(_find(c, path), path) for c in data.get("base_configs") or []],
         space=dict(data["space"]),
         # Overrides may be written as tokens or as option strings ("--data.batch_size 16").
         overrides=[t for item in data.get("overrides") or [] for t in shlex.split(str(item))],
@@ -137,19 +147,35 @@ def build_pruner(settings: dict[str, Any] | None):
     return optuna.pruners.MedianPruner(**settings)
 
 
-def open_storage(url: str, heartbeat: bool = True):
+def open_storage(url: str, heartbeat: bool = True, heartbeat_interval: int = HEARTBEAT_SECONDS):
     """An RDB storage. SQLite waits for locks instead of failing (several local workers), and
-    with heartbeats a trial whose worker died is marked failed when the next trial starts."""
+    with heartbeats a trial whose worker died (killed, machine lost) is marked failed once its
+    heartbeat is ``3 x heartbeat_interval`` old, and run again with the same parameters."""
     import optuna
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    beat = {"heartbeat_interval": 60, "grace_period": 180} if heartbeat else {}
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and stable enough
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        beat: dict[str, Any] = {}
+        if heartbeat:
+            beat = {"heartbeat_interval": heartbeat_interval, "grace_period": 3 * heartbeat_interval}
+            # The retry is a new trial; the failed one then no longer counts (see _counted).
+            # Optuna 4.9 renamed the callback and its argument.
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                beat["heartbeat_stale_trial_callback"] = retry
+            else:
+                beat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
 
 
-def open_study(spec: SweepSpec, url: str, study_name: str, sampler_seed: int | None = None):
+def open_study(
+    spec: SweepSpec,
+    url: str,
+    study_name: str,
+    sampler_seed: int | None = None,
+    heartbeat_interval: int = HEARTBEAT_SECONDS,
+):
     """Create the study or join it; workers starting together may race to create the tables
     and the study, so a failed attempt is retried."""
     import optuna
@@ -158,7 +184,7 @@ def open_study(spec: SweepSpec, url: str, study_name: str, sampler_seed: int | N
     for attempt in range(6):
         try:
             study = optuna.create_study(
-                storage=open_storage(url),
+                storage=open_storage(url, heartbeat_interval=heartbeat_interval),
                 study_name=study_name,
                 direction=spec.direction,
                 load_if_exists=True,
@@ -213,11 +239,19 @@ class StudyFull(Exception):
 
 
 def _counted(study) -> list:
-    """Trials that count towards --n-trials: all but queued ones and our race markers."""
+    """Trials that count towards --n-trials: all but queued ones, our race markers, and failed
+    trials of dead workers that were queued again (their retry counts instead)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get("apm_skipped")]
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history") or ()}
+    return [
+        t
+        for t in trials
+        if t.state != TrialState.WAITING
+        and not t.user_attrs.get("apm_skipped")
+        and not (t.state == TrialState.FAIL and t.number in retried)
+    ]
 
 
 class SweepWorker:
@@ -300,9 +334,31 @@ class SweepWorker:
 
     def run(self, n_trials: int) -> None:
         self.n_trials = n_trials
-        while not self.full and not self.stopped and len(_counted(self.study)) < n_trials:
-            # One trial per call, so the count is read again before each: workers share it.
-            self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        while True:
+            while not self.full and not self.stopped and len(_counted(self.study)) < n_trials:
+                # One trial per call, so the count is read again before each: workers share it.
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            if self.stopped or not self._wait_for_running():
+                return
+            self.full = False
+
+    def _wait_for_running(self) -> bool:
+        """Wait while other workers' trials run: when one of those workers died, its trial is
+        failed once its heartbeat is stale and queued again, and this worker runs it (True).
+        False when no trial runs any more: the study has its trials."""
+        import optuna
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        if not interval:
+            return False
+        while any(t.state == TrialState.RUNNING for t in _counted(self.study)):
+            time.sleep(min(interval, 2))
+            optuna.storages.fail_stale_trials(self.study)
+            if len(_counted(self.study)) < self.n_trials:
+                return True
+        return False
 
 
 def trial_rows(study, metric: str) -> list[dict[str, Any]]:
@@ -421,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default=None, help="default: the sweep's name")
     p.add_argument("--out", default=None, help="trial run dirs (default: runs/sweeps/<name>)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_SECONDS,
+        help="seconds between a running trial's heartbeats; a trial whose worker missed 3 is failed "
+        f"and run again (at most {MAX_RETRY} times)",
+    )
     p.add_argument("--sampler-seed", type=int, default=None, help="seed the sampler (one worker only)")
     p.add_argument("--model", default=None, help="a model config YAML to compose, or a backbone")
     p.add_argument("--backend", choices=("optuna", "wandb"), default="optuna")
@@ -436,6 +499,7 @@ def sweep_main(argv: list[str]) -> dict[str, Any]:
 
         extra = [*model_args(args.model), *extra]
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)
+    check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "wandb":
         path = out / "wandb_sweep.yaml"
@@ -450,7 +514,9 @@ def sweep_main(argv: list[str]) -> dict[str, Any]:
     url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = args.study_name or spec.name
     with _quiet_optuna():
-        study = open_study(spec, url, name, args.sampler_seed)
+        if args.heartbeat < 1:
+            raise APMError("--heartbeat must be at least 1 (seconds)")
+        study = open_study(spec, url, name, args.sampler_seed, args.heartbeat)
         print(
             f"apm sweep: study {name} in {redact_url(url)}: {len(_counted(study))} of {args.n_trials} trials",
             flush=True,

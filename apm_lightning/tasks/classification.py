@@ -290,6 +290,9 @@ class TransformerClassifier(GlueTaskModule):
         super().__init__(task, learning_rate, weight_decay, warmup_ratio, warmup_steps, adam_epsilon)
         # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
         self.save_hyperparameters(ignore=["task"])
+        from apm_lightning.models.backbones import check_backbone_choice
+
+        check_backbone_choice(backbone, backbone_config, default="minilm")
         if backbone_config is not None:
             self.hparams.backbone = None  # a config means: from scratch, whatever the default
         if self.glue_task is not None:

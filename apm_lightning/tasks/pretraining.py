@@ -192,6 +192,9 @@ class PretrainingModule(pl.LightningModule):
             raise APMError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if attention not in ATTENTIONS:
             raise APMError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTIONS)}")
+        from apm_lightning.models.backbones import check_backbone_choice
+
+        check_backbone_choice(backbone, backbone_config, default=None)
         if backbone is None and backbone_config is None:
             raise APMError("set model.backbone (a path, hub name or 'minilm') or model.backbone_config")
         if not 0.0 < mask_rate < 1.0:

@@ -145,6 +145,9 @@ class QuestionAnsweringModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        from apm_lightning.models.backbones import check_backbone_choice
+
+        check_backbone_choice(backbone, backbone_config, default="minilm")
         if backbone_config is not None:
             self.hparams.backbone = None  # a config means: from scratch, whatever the default
         # The head does not depend on the data, so the network is built here (and a checkpoint

@@ -38,8 +38,20 @@ from apm_lightning.training.checkpointing import (
     LoaderPosition,
     remove_stale_temporaries,
 )
-from apm_lightning.training.loggers import WANDB_MODES, default_loggers, resolve_wandb_mode, wandb_run_id
+from apm_lightning.training.interrupts import InterruptToCheckpoint, sigint_received
+from apm_lightning.training.loggers import (
+    RUN_ID_FILE,
+    WANDB_MODES,
+    default_loggers,
+    resolve_wandb_mode,
+    wandb_run_id,
+)
+from apm_lightning.training.parser import APMArgumentParser
+from apm_lightning.training.preflight import check_run_settings, check_sequence_length
 from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.training.resume_check import check_resume
+from apm_lightning.training.run_dir import RunDirGuard, RunRecords, write_run_config
+from apm_lightning.training.slurm import newest_resume_checkpoint
 from apm_lightning.trust import (
     check_model_args,
     checkpoint_hparams,
@@ -72,6 +84,16 @@ def _run_name(config: Any) -> str:
 
 
 class APMCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The run directory's lock, and the folders to remove if the command fails (run_dir.py).
+        self.run_dir_guard = RunDirGuard()
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self.run_dir_guard.close(failed=True)
+            raise
+        self.run_dir_guard.close(failed=False)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--wandb_mode",
@@ -133,6 +155,9 @@ class APMCLI(LightningCLI):
         config = self.config[self.subcommand]
         if not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = _default_run_dir(config)
+        check_run_settings(config)  # run folder and accelerator, before anything is written
+        # Before anything is written: a fresh fit into a used run dir, or one in use, is refused.
+        self.run_dir_guard.start(config.trainer.default_root_dir, self.subcommand, config.get("ckpt_path"))
         if "weights_only" in config:
             # Lightning's own restore in fit/validate/test/predict follows the user's choice too.
             config.weights_only = not config.allow_unsafe_checkpoints
@@ -166,15 +191,25 @@ class APMCLI(LightningCLI):
             NonFiniteLossStop(),
             self.prediction_writer,
         ]
-        if config.trainer.get("logger") in (None, True):
+        run_id = None
+        if self.subcommand != "fit":
+            # Scoring and predicting write their own outputs only, never into a training run's
+            # records (its metrics.csv, W&B run, config.yaml).
+            if config.trainer.get("logger") in (None, True):
+                kwargs["logger"] = False
+        elif config.trainer.get("logger") in (None, True):
             run_name = redact_text(config.get("run_name") or root.name)
-            run_id = None
-            if self.subcommand == "fit" and resolve_wandb_mode(config.wandb_mode) != "disabled":
-                run_id = wandb_run_id(root, resume=config.get("ckpt_path") is not None)
+            resumed = False
+            if resolve_wandb_mode(config.wandb_mode) != "disabled":
+                resumed = config.get("ckpt_path") is not None and (root / RUN_ID_FILE).is_file()
+                # Recorded once training starts (RunRecords): a refused command writes nothing.
+                run_id = wandb_run_id(root, resume=config.get("ckpt_path") is not None, write=False)
             kwargs["logger"] = default_loggers(
-                root, config.wandb_mode, config.wandb_project, run_name, run_id
+                root, config.wandb_mode, config.wandb_project, run_name, run_id, resumed=resumed
             )
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit":
+            callbacks += [RunRecords(root, run_id), InterruptToCheckpoint()]
         if config.trainer.get("enable_progress_bar") is not False:
             callbacks.append(_progress_bar())
         kwargs["callbacks"] = list(config.trainer.get("callbacks") or []) + callbacks
@@ -192,13 +227,14 @@ class APMCLI(LightningCLI):
         check = getattr(self.datamodule, "check", None)
         if check is not None:
             check(stage)
+        check_sequence_length(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
-        if ckpt == "last":  # the file Lightning will pick: the newest last*.ckpt
-            found = sorted(
-                Path(self.last_checkpoint.dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime
-            )
-            ckpt = str(found[-1]) if found else None
+        if ckpt == "last":  # the newest last*.ckpt, or a newer save of SLURM's requeue signal
+            found = newest_resume_checkpoint(self.last_checkpoint.dirpath, config.trainer.default_root_dir)
+            ckpt = str(found) if found else None
+            if found is not None and found.name.startswith("hpc_ckpt_"):
+                config.ckpt_path = ckpt  # Lightning's 'last' only looks in checkpoints/
         if not ckpt or ckpt in SPECIAL_CKPT_PATHS:
             return
         if Path(ckpt).is_dir():
@@ -214,6 +250,8 @@ class APMCLI(LightningCLI):
         # 'last' was not seen when the config was parsed: the same trust checks as an explicit path.
         checkpoint_model_name(checkpoint, ckpt)
         check_model_args(checkpoint_hparams(checkpoint), dict(self.model.hparams), ckpt)
+        if stage == "fit":  # a resume: same data and trainer settings as the checkpoint's run
+            check_resume(checkpoint, ckpt, self.datamodule, config.trainer)
 
     def before_fit(self) -> None:
         self._check("fit")
@@ -289,6 +327,33 @@ class APMCLI(LightningCLI):
         if self.trainer.is_global_zero and self.trainer.callback_metrics:
             values = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
             _print_metrics({"task": getattr(self.datamodule, "task", None), "metrics": values})
+            self._write_scores(values)
+
+    def after_test(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.callback_metrics:
+            self._write_scores({k: float(v) for k, v in self.trainer.callback_metrics.items()})
+
+    def _write_scores(self, metrics: dict[str, float]) -> None:
+        """``validate-<time>.json`` / ``test-<time>.json``: the scores of this command, beside
+        (never in place of) what the run directory holds."""
+        config = self.config_init[self.subcommand]
+        root = Path(config.trainer.default_root_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = root / f"{self.subcommand}-{stamp}.json", 1
+        while path.exists():
+            n += 1
+            path = root / f"{self.subcommand}-{stamp}-{n}.json"
+        scores = {
+            "command": self.subcommand,
+            "task": getattr(self.datamodule, "task", None),
+            "metrics": metrics,
+            "ckpt_path": config.get("ckpt_path"),
+            "config": self._config_dict(),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        print(write_json_atomic(path, scores).resolve(), flush=True)
 
     def after_predict(self) -> None:
         for path in self.prediction_writer.written:
@@ -301,17 +366,21 @@ class APMCLI(LightningCLI):
 
 
 class RedactedConfigCallback(SaveConfigCallback):
-    """Writes ``config.yaml`` to the run directory like Lightning's, with secrets masked."""
+    """Writes ``config.yaml`` to the run directory like Lightning's, with secrets masked; only
+    for a fit, once training really starts (a refused resume leaves it alone), and a resume
+    keeps the original (see ``write_run_config``)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.already_saved or not self.save_to_log_dir:
             return
         log_dir = Path(trainer.log_dir)  # every rank: it is a broadcast
         if trainer.is_global_zero:
-            log_dir.mkdir(parents=True, exist_ok=True)
             config = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
             text = yaml.safe_dump(config, sort_keys=False)
-            (log_dir / self.config_filename).write_text(text, encoding="utf-8")
+            write_run_config(log_dir, self.config_filename, text, resuming=trainer.ckpt_path is not None)
         self.already_saved = True
 
 
@@ -415,14 +484,25 @@ def run_lightning_cli(args: list[str]) -> APMCLI:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             seed_everything_default=0,
+            parser_class=APMArgumentParser,
             args=args,
         )
         failed = False
         return cli
     except SIGTERMException:
         # The last checkpoint was written when the signal stopped the loop (LastCheckpoint).
+        if sigint_received():  # Ctrl-C takes the same way (interrupts.py)
+            print(
+                "apm: stopped by Ctrl-C; last.ckpt was saved: resume with --ckpt_path last", file=sys.stderr
+            )
+            raise SystemExit(128 + 2) from None
         print("apm: stopped by SIGTERM; last.ckpt was saved: resume with --ckpt_path last", file=sys.stderr)
         raise SystemExit(128 + 15) from None
+    except SystemExit as stop:
+        if stop.code == 1 and sigint_received():  # a second Ctrl-C: Lightning stopped at once
+            print("apm: stopped by Ctrl-C before last.ckpt was saved", file=sys.stderr)
+            raise SystemExit(128 + 2) from None
+        raise
     finally:
         # Lightning leaves the W&B run open, and the next run in this process (tests, in-process
         # runners) would log into it.

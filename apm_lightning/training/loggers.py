@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -56,10 +57,11 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 RUN_ID_FILE = "wandb_run_id"
 
 
-def wandb_run_id(root: str | Path, resume: bool) -> str:
+def wandb_run_id(root: str | Path, resume: bool, write: bool = True) -> str:
     """The W&B run id of a training run directory: kept in ``RUN_DIR/wandb_run_id`` so a resumed
     run continues the same W&B run; a fresh run gets a new one. Only rank zero writes it (other
-    ranks log nothing to W&B)."""
+    ranks log nothing to W&B); ``write=False`` leaves that to the caller (``RunRecords`` writes
+    it once training starts)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     path = Path(root) / RUN_ID_FILE
@@ -68,33 +70,44 @@ def wandb_run_id(root: str | Path, resume: bool) -> str:
     # Under `wandb agent` the sweep created the run: log into it, not a new one.
     run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     run_id = run_id or secrets.token_hex(4)
-    if rank_zero_only.rank == 0:
+    if write and rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")
     return run_id
 
 
 def default_loggers(
-    root: str | Path, wandb_mode: str, project: str, run_name: str | None, run_id: str | None = None
+    root: str | Path,
+    wandb_mode: str,
+    project: str,
+    run_name: str | None,
+    run_id: str | None = None,
+    resumed: bool = False,
 ) -> list:
     """CSV always; W&B unless disabled. Both write under the run directory. ``run_id``: the W&B
-    run to create or continue (see ``wandb_run_id``)."""
-    from lightning.pytorch.loggers import CSVLogger
+    run to create or continue (see ``wandb_run_id``); ``resumed``: it continues a run that
+    logged before (a resume from a checkpoint)."""
+    from apm_lightning.training.run_dir import ResumableCSVLogger
 
     root = Path(root)
     loggers: list = []
     mode = resolve_wandb_mode(wandb_mode)
     if mode != "disabled":
         import wandb
-        from lightning.pytorch.loggers import WandbLogger
 
         from apm_lightning.redact import redact
+
+        StepWandbLogger = _step_wandb_logger()
 
         root.mkdir(parents=True, exist_ok=True)
         # W&B records the command line; when it holds a secret, record no system metadata.
         settings = wandb.Settings(x_disable_meta=redact(sys.argv) != sys.argv)
+        if resumed and mode == "offline":
+            # Online, the server says whether the id is a resumed run; offline, nobody does, and
+            # the run file would claim a new run that `wandb sync` cannot merge.
+            settings = wandb.Settings(x_disable_meta=settings.x_disable_meta, resumed=True)
         loggers.append(
-            WandbLogger(
+            StepWandbLogger(
                 project=project,
                 name=run_name,
                 save_dir=str(root),
@@ -104,5 +117,40 @@ def default_loggers(
                 settings=settings,
             )
         )
-    loggers.append(CSVLogger(save_dir=str(root), name="csv", version=""))
+    loggers.append(ResumableCSVLogger(root, name="csv", version=""))
     return loggers
+
+
+def _step_wandb_logger() -> type:
+    """``StepWandbLogger``, defined on first use: importing this module stays light."""
+    global _STEP_WANDB_LOGGER
+    if _STEP_WANDB_LOGGER is None:
+        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.utilities import rank_zero_only
+
+        class StepWandbLogger(WandbLogger):
+            """Logs each row at the trainer's step (W&B's ``_step``), not at the count of calls
+            in this process: a resumed run continues its step count instead of restarting at 0
+            in the same run id. With ``trainer`` set (``RunRecords`` does), a row of training
+            counts as the optimizer step it belongs to: Lightning logs the k-th step's loss and
+            learning rate under k - 1, so the first row of a resume from step k would land on
+            the row of the final validation before it (logged under k), which W&B drops."""
+
+            trainer: Any = None
+
+            @rank_zero_only
+            def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+                if step is None or self._wandb_init.get("sync_tensorboard"):
+                    return super().log_metrics(metrics, step)
+                from lightning.fabric.utilities.logger import _add_prefix
+
+                metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+                fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+                at = step + 1 if fitting else step
+                self.experiment.log(dict(metrics, **{"trainer/global_step": step}), step=at)
+
+        _STEP_WANDB_LOGGER = StepWandbLogger
+    return _STEP_WANDB_LOGGER
+
+
+_STEP_WANDB_LOGGER: type | None = None
