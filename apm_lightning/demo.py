@@ -134,6 +134,11 @@ def demo_main(argv: list[str]) -> None:
     )
     del cli
     results = json.loads((Path(args.out) / "results.json").read_text())
-    rows = [("task", str(results.get("task"))), ("data", description), ("pretrained model", backbone)]
+    rows = [
+        ("task", str(results.get("task"))),
+        ("data", description),
+        ("dev examples", f"at most {args.eval_rows} (--eval-rows)"),
+        ("pretrained model", backbone),
+    ]
     print(f"\napm demo: SST-2 fine-tuning results\n{results_table(results, rows)}", flush=True)
     print(Path(args.out, "results.json").resolve(), flush=True)

@@ -88,7 +88,9 @@ def test_fit_takes_short_names_from_any_folder(glue_dir, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the demo
 def test_demo_trains_offline_on_the_shipped_sst2_sample(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--train-rows", "32", "--eval-rows", "32", *QUIET[:2]])
+    rc = main(
+        ["demo", "--out", str(out), "--train-rows", "32", "--eval-rows", "32", *TINY_RUN[4:], *QUIET[:2]]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "SST-2 sample shipped with apm" in text
