@@ -74,6 +74,29 @@ def test_configs_list_show_copy(tmp_path, capsys):
     assert len(err) == 1 and "apm configs list" in err[0]
 
 
+def test_sweep_and_compare_files_name_shipped_recipes_from_any_folder(tmp_path, monkeypatch):
+    from apm_lightning.recipes import resolve_config
+    from apm_lightning.runners.compare import load_study
+    from apm_lightning.runners.sweep import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.yaml"  # a user's sweep file, far from any checkout
+    mine.write_text(
+        "base_configs: [experiments/glue/rte.yaml, models/tiny_bert.yaml]\nspace:\n"
+        "  model.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}\n"
+    )
+    assert load_spec(mine).base_configs == [
+        str(find_recipe("glue/rte")),
+        str(find_recipe("models/tiny_bert")),
+    ]
+    assert load_spec(resolve_config("sweeps/tiny_rte")).name
+    assert set(load_study(resolve_config("compare_objectives/cpu"))["objectives"]) == {
+        "mlm",
+        "clm",
+        "electra",
+    }
+
+
 def test_fit_takes_short_names_from_any_folder(glue_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["fit", "-c", "glue/wnli", "-c", "models/tiny_bert", "--data.data_dir", str(glue_dir)]
