@@ -455,7 +455,8 @@ def test_resume_with_other_data_settings(tmp_path, capsys):
     assert main(args) == 2
     line = one_line_error(capsys)
     assert "data.max_train_samples was 16, now None" in line and "config.yaml" in line
-    # Another sequence length and a lower max_epochs are named together.
+    # Another sequence length and another accumulation are named together (a new length is not
+    # refused: resuming to train longer or stop sooner is what a resume is for).
     assert (
         run_fit(
             "rte",
@@ -465,13 +466,13 @@ def test_resume_with_other_data_settings(tmp_path, capsys):
             "last",
             "--data.max_seq_length",
             "24",
-            "--trainer.max_epochs",
-            "0",
+            "--trainer.accumulate_grad_batches",
+            "2",
         )
         == 2
     )
     line = one_line_error(capsys)
-    assert "data.max_seq_length was 32, now 24" in line and "trainer.max_epochs was 1, now 0" in line
+    assert "data.max_seq_length was 32, now 24" in line and "trainer.accumulate_grad_batches was 1" in line
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
     # Training longer is what a resume is for.

@@ -10,6 +10,7 @@ import argparse
 import functools
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -454,6 +455,18 @@ def _print_metrics(results: dict) -> None:
     Console(stderr=False).print(table)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _refused_global(err: Exception) -> str | None:
+    """What weights_only loading refused ("Unsupported global: GLOBAL builtins.exec ..."): torch's
+    own text is a paragraph with terminal escapes, and its first line names no reason."""
+    for line in _ANSI.sub("", str(err)).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
+    return None
+
+
 def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
     """Load a checkpoint file safely, or fail with one clear line."""
     file = Path(path)
@@ -462,7 +475,14 @@ def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=not allow_unsafe)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        refused = _refused_global(err)
+        if refused:
+            raise APMError(
+                f"checkpoint {file} could not be read safely: it holds pickled objects or code "
+                f"({refused}); pass --allow_unsafe_checkpoints true only for a file you trust"
+            ) from None
+        text = _ANSI.sub("", str(err)).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
         raise APMError(
             f"checkpoint {file} could not be read ({first}); it may be truncated or not a "
             f"checkpoint (pass --allow_unsafe_checkpoints true only for a file you trust)"

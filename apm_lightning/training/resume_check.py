@@ -1,12 +1,14 @@
 """A resume (``apm fit --ckpt_path ...``) must continue the run the checkpoint came from: with
 other data settings (all rows instead of the first 1000, another sequence length or batch
 size) it would silently train a different run. The checkpoint holds the data module's
-hyper-parameters; the trainer settings come from the run's saved ``config.yaml``. Raising
-``max_epochs`` / ``max_steps`` to train longer is what resuming is for, and is allowed."""
+hyper-parameters; the trainer settings come from the run's saved ``config.yaml``. Changing
+``max_epochs`` / ``max_steps`` (train longer, or stop sooner) is what resuming is for: allowed,
+and said in one line, since the learning-rate schedule follows the new length."""
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ TRAINER_FIXED = (
     "val_check_interval",
     "check_val_every_n_epoch",
 )
-TRAINER_GROWABLE = ("max_epochs", "max_steps")
+TRAINER_LENGTH = ("max_epochs", "max_steps")
 
 
 def _path_value(value: Any) -> Any:
@@ -86,10 +88,16 @@ def trainer_differences(stored: dict[str, Any], current: Any) -> list[str]:
             before, now = _precision(before), _precision(now)
         if before != now:
             differences.append(f"trainer.{key} was {before}, now {now}")
-    for key in TRAINER_GROWABLE:
-        if key in stored and _limit(current.get(key)) < _limit(stored[key]):
-            differences.append(f"trainer.{key} was {stored[key]}, now {current.get(key)} (it may only grow)")
     return differences
+
+
+def length_changes(stored: dict[str, Any], current: Any) -> list[str]:
+    """The run-length settings (max_epochs / max_steps) a resume changes."""
+    return [
+        f"trainer.{key} was {stored[key]}, now {current.get(key)}"
+        for key in TRAINER_LENGTH
+        if key in stored and _limit(current.get(key)) != _limit(stored[key])
+    ]
 
 
 def saved_run_config(ckpt_path: str | Path) -> tuple[dict[str, Any], Path | None]:
@@ -122,6 +130,11 @@ def check_resume(
     saved, where = saved_run_config(ckpt_path)
     if isinstance(saved.get("trainer"), dict):
         differences += trainer_differences(saved["trainer"], trainer_config)
+        for change in length_changes(saved["trainer"], trainer_config):
+            print(
+                f"apm: note: the resumed run's {change} (the schedule follows the new length)",
+                file=sys.stderr,
+            )
     if differences:
         see = f" (see {where})" if where else ""
         raise APMError(
