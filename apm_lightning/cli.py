@@ -33,6 +33,8 @@ commands:
              apm sweep -c experiments/sweeps/sst2_minilm.yaml --n-trials 20 [--storage URL]
   tokenizer  learn a WordPiece, byte-level BPE or Unigram tokenizer from text:
              apm tokenizer train --kind wordpiece --vocab-size 30000 --files 'corpus/*.txt' --out DIR
+  configs    the recipes shipped with apm:  apm configs list | show NAME | copy NAME DEST
+             (-c glue/sst2 names a shipped recipe from any folder)
 
 Every training command takes --help for its options. Errors print one line; set APM_DEBUG=1
 (or pass --debug) for the full traceback.
@@ -70,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if command in LIGHTNING_COMMANDS:
+            from apm_lightning.recipes import resolve_config_args
             from apm_lightning.training.cli import run_lightning_cli
 
-            run_lightning_cli([command, *rest])
+            run_lightning_cli([command, *resolve_config_args(rest)])
         elif command == "export":
             from apm_lightning.export import export_main
 
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             from apm_lightning.runners.sweep import sweep_main
 
             sweep_main(rest)
+        elif command == "configs":
+            from apm_lightning.recipes import configs_main
+
+            configs_main(rest)
         elif command == "tokenizer":
             from apm_lightning.data.tokenizer_training import tokenizer_main
 

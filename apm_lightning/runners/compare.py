@@ -28,17 +28,19 @@ from typing import Any
 import yaml
 
 from apm_lightning.errors import APMError
+from apm_lightning.recipes import resolve_config
 from apm_lightning.reports.tables import markdown_table, write_csv
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 
-REPO = Path(__file__).resolve().parents[2]
 OBJECTIVE_ORDER = ("mlm", "clm", "electra")
 TEXT_OPTIONS = ("dataset", "dataset_split", "text_field", "document_split", "max_documents")
 
 
 def default_data_root() -> Path:
     env = os.environ.get("APM_DATA_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    # Relative to where the command runs (a checkout's root, beside ../shared), never to where
+    # the package is installed.
+    return Path(env) if env else Path("..", "shared", "data").resolve()
 
 
 def _resolve(patterns: list[str], root: Path) -> list[str]:
@@ -113,7 +115,12 @@ class CompareRunner:
         spec = self.study["objectives"][objective] or {}
         args = ["fit"]
         for config in spec.get("configs", []):
-            args += ["-c", str(REPO / config) if not os.path.isabs(config) else config]
+            # A file (relative to the working directory) or a shipped recipe: experiments/x.yaml
+            # names apm_lightning/configs/x.yaml from any folder.
+            path = resolve_config(config)
+            if not Path(path).is_file():
+                raise APMError(f"objective {objective}: config {config} not found ('apm configs list')")
+            args += ["-c", str(Path(path).resolve())]
         interval = max(1, self.steps // max(1, self.evaluations))
         args += [
             "--model.tokenizer",
@@ -340,6 +347,6 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--wandb_mode", default="auto", choices=("auto", "online", "offline", "disabled"))
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
     args = p.parse_args(argv)
-    study = load_study(args.config)
+    study = load_study(resolve_config(args.config))
     root = Path(args.data_root) if args.data_root else default_data_root()
     return CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher).run()

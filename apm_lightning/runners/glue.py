@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from apm_lightning.checks import check_output_dir
 from apm_lightning.data import sources
 from apm_lightning.data.glue_tasks import get_task
 from apm_lightning.errors import APMError
+from apm_lightning.recipes import find_recipe, recipes_root, resolve_config_args
 from apm_lightning.redact import redact_text
 from apm_lightning.reports.tables import markdown_table, metric_columns, run_row, write_csv
 from apm_lightning.runners import submission
@@ -47,7 +49,6 @@ PASS_THROUGH = (
     "-c",
     "--config",
 )
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="GLUE in its distribution layout (else $APM_DATA_DIR)")
     p.add_argument("--out", default="runs/glue", help="output folder (re-running continues it)")
-    p.add_argument("--recipes", default=str(REPO / "experiments" / "glue"), help="folder of <task>.yaml")
+    p.add_argument(
+        "--recipes", default=None, help="folder of <task>.yaml (default: the shipped glue recipes)"
+    )
     p.add_argument("--max-train-samples", type=int, default=None, help="shorter recipes: train rows")
     p.add_argument("--max-eval-samples", type=int, default=None, help="dev rows (scores then not comparable)")
     p.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs for every task")
@@ -123,11 +126,15 @@ def parse_overrides(values: list[str]) -> dict[str | None, list[str]]:
 
 
 def model_args(model: str) -> list[str]:
-    """A model config YAML is composed after the task recipe; anything else is a backbone."""
+    """A model config YAML (a file, or a shipped recipe such as ``models/tiny_bert.yaml``) is
+    composed after the task recipe; anything else is a backbone."""
+    if model.endswith((".yaml", ".yml")) and not Path(model).is_file() and find_recipe(model):
+        return ["-c", str(find_recipe(model))]
     if model.endswith((".yaml", ".yml")) or Path(model).is_file():
         if not Path(model).is_file():
             raise APMError(f"model config not found: {model}")
-        return ["-c", str(Path(model).resolve())]
+        # abspath, not resolve: experiments/ is a link, and the path stays the one the user named.
+        return ["-c", os.path.abspath(model)]
     return ["--model.backbone", model]
 
 
@@ -171,15 +178,17 @@ class GlueRunner:
     def __init__(self, args: argparse.Namespace, extra: list[str]) -> None:
         self.args = args
         self.out = Path(args.out)
-        self.extra = extra
-        self.overrides = parse_overrides(args.override)
+        # -c among the pass-through options may name a shipped recipe, as in apm fit.
+        self.extra = resolve_config_args(extra)
+        self.overrides = {k: resolve_config_args(v) for k, v in parse_overrides(args.override).items()}
         self.model = model_args(args.model)
         self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         self.tasks = parse_tasks(args.tasks)
         self.env = {"WANDB_RUN_GROUP": f"glue-{self.out.resolve().name}"}  # one W&B group per OUT
 
     def recipe(self, task: str) -> str:
-        path = Path(self.args.recipes) / f"{task}.yaml"
+        folder = Path(self.args.recipes) if self.args.recipes else recipes_root() / "glue"
+        path = folder / f"{task}.yaml"
         if not path.is_file():
             raise APMError(f"no recipe for {task}: {path} (set --recipes DIR)")
         return str(path.resolve())

@@ -42,6 +42,7 @@ import yaml
 from apm_lightning.checks import check_output_dir
 from apm_lightning.config_files import read_config_file
 from apm_lightning.errors import APMError
+from apm_lightning.recipes import find_recipe, resolve_config
 from apm_lightning.redact import redact_text as redact_url
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 from apm_lightning.training.results import write_json_atomic
@@ -75,6 +76,8 @@ def _find(path: str, sweep_file: Path) -> str:
     for parent in sweep_file.resolve().parents:
         if (parent / candidate).is_file():
             return str(parent / candidate)
+    if find_recipe(path) is not None:  # a shipped recipe (the package installed, no checkout)
+        return str(find_recipe(path))
     raise APMError(f"{sweep_file}: base config {path} not found")
 
 
@@ -490,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_main(argv: list[str]) -> dict[str, Any]:
     args, extra = build_parser().parse_known_args(argv)
-    spec = load_spec(args.config)
+    spec = load_spec(resolve_config(args.config))
     if args.model:
         from apm_lightning.runners.glue import model_args
 

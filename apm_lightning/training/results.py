@@ -41,24 +41,25 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """The commit of the code that ran (the package's own checkout, else the working dir)."""
-    for where in (Path(__file__).resolve().parents[2], Path.cwd()):
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-            )
-        except (OSError, subprocess.SubprocessError):
+    """The commit of the run's working directory (the checkout a researcher runs from), or None
+    outside a git repository. Never the package's location: an installed package has no commit."""
+    where = Path.cwd()
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode != 0:
             return None
-        if out.returncode == 0:
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=where,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
-    return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def peak_rss_mb() -> float:
