@@ -150,7 +150,8 @@ def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
             per_device_train_batch_size=hp["batch_size"],
             per_device_eval_batch_size=128,
             num_train_epochs=hp["epochs"],
-            warmup_ratio=hp["warmup_ratio"],
+            # transformers 5 has no warmup_ratio: the same count of steps as apm's ratio gives.
+            warmup_steps=int(hp["warmup_ratio"] * -(-len(train) // hp["batch_size"]) * hp["epochs"]),
             weight_decay=hp["weight_decay"],
             max_grad_norm=1.0,
             lr_scheduler_type="linear",
@@ -239,7 +240,7 @@ def main() -> int:
                 run["wall_s"] = time.perf_counter() - start
                 results.setdefault(task, {}).setdefault(peer, []).append(run)
                 print(
-                    f"  {peer:8s} seed {seed}: main {100 * run['main']:.2f}  train {run['train_s']:.0f} s",
+                    f"  {peer:8s} seed {seed}: {args.metric} {100 * run[args.metric]:.2f}  train {run['train_s']:.0f} s",
                     flush=True,
                 )
     print(

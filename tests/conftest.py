@@ -34,6 +34,9 @@ def _isolated_environment(tmp_path_factory, monkeypatch):
     comes only from where the test points."""
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "apm-cache"))
     monkeypatch.delenv("APM_DATA_DIR", raising=False)
+    # An in-process run starts a W&B service and names it in WANDB_SERVICE; runs in later
+    # subprocesses would share it, and a killed one's run would stay open there.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 @pytest.fixture(scope="session")

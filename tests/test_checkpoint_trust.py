@@ -274,7 +274,7 @@ def test_a_secret_in_a_data_path_reaches_no_output(tmp_path, capfd, lightning_lo
     assert secret not in printed
     results = json.loads((run / "results.json").read_text())
     assert results["data_source"].startswith("local GLUE files:") and "token=***" in results["data_source"]
-    for path in (run / "results.json", run / "config.yaml", run / "csv" / "metrics.csv"):
+    for path in (run / "results.json", run / "csv" / "config.yaml", run / "csv" / "metrics.csv"):
         assert secret not in path.read_text(encoding="utf-8"), path
     for path in run.rglob("*"):
         if path.is_file() and path.suffix != ".ckpt":
@@ -287,7 +287,8 @@ def test_a_secret_in_a_data_path_reaches_no_output(tmp_path, capfd, lightning_lo
         assert secret not in stored and "token=***" in stored, ckpt
         assert secret.encode() not in ckpt.read_bytes(), ckpt
     # An error line naming such a path is redacted too.
-    assert apm("fit", *root, data_dir=data / "missing") == 2
+    other = ["--trainer.default_root_dir", str(tmp_path / "other-run")]  # not the used run dir
+    assert apm("fit", *other, data_dir=data / "missing") == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("apm: error: ") and "token=***" in err[-1]
     assert secret not in "\n".join(err) + lightning_log.getvalue()

@@ -63,10 +63,8 @@ def decode_error(path: str | Path, encoding: str) -> APMError:
     )
 
 
-def check_decodes(path: str | Path, encoding: str) -> None:
-    """Decode the whole file (in 1 MB chunks) and fail with :func:`decode_error` on a bad
-    byte: for readers that would otherwise let bad bytes through (pyarrow's JSON reader keeps
-    them until a row is read, then raises a bare UnicodeDecodeError)."""
+def decodes(path: str | Path, encoding: str) -> bool:
+    """Whether the whole file decodes (read in 1 MB chunks, never whole into memory)."""
     decoder = codecs.getincrementaldecoder(encoding)()
     with open(path, "rb") as f:
         try:
@@ -74,4 +72,13 @@ def check_decodes(path: str | Path, encoding: str) -> None:
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise decode_error(path, encoding) from None
+            return False
+    return True
+
+
+def check_decodes(path: str | Path, encoding: str) -> None:
+    """Fail with :func:`decode_error` on a bad byte: for readers that would otherwise let bad
+    bytes through (pyarrow's JSON reader keeps them until a row is read, then raises a bare
+    UnicodeDecodeError)."""
+    if not decodes(path, encoding):
+        raise decode_error(path, encoding)

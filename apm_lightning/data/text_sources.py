@@ -32,22 +32,12 @@ DOCUMENT_SPLITS = ("paragraph", "line", "file")
 def file_encoding(path: Path) -> str:
     """``utf-8`` when the whole file decodes as UTF-8, else ``latin-1`` (which decodes any
     bytes): old corpora such as some Project Gutenberg texts are Latin-1."""
-    import codecs
-
-    from apm_lightning.data.text_encoding import resolve_encoding
+    from apm_lightning.data.text_encoding import decodes, resolve_encoding
 
     marked = resolve_encoding(path)  # a byte-order mark decides (UTF-16 is not Latin-1)
     if marked != "utf-8":
         return marked
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as f:
-        try:
-            while chunk := f.read(1 << 20):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return "latin-1"
-    return "utf-8"
+    return "utf-8" if decodes(path, "utf-8") else "latin-1"
 
 
 @dataclass

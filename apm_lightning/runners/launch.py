@@ -60,6 +60,14 @@ def _reason_from_log(log_file: Path, start: int = 0) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+def _child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``extra``, without ``WANDB_SERVICE``: a child that
+    inherits it logs through this process's W&B service, where a killed child's run stays open,
+    and its resume then fails with "run ID ... is in use". Each child starts its own service."""
+    environment = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**environment, **extra}
+
+
 def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = log_file.stat().st_size if log_file.is_file() else 0
@@ -70,7 +78,7 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
             [sys.executable, "-m", "apm_lightning", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=_child_environment(env),
         ).returncode
     if code != 0:
         reason = _reason_from_log(log_file, start)

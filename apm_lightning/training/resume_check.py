@@ -16,6 +16,7 @@ import yaml
 
 from apm_lightning.checks import shorten
 from apm_lightning.errors import APMError
+from apm_lightning.redact import redact
 
 # Data settings that do not change what is trained (where files go, evaluation batching,
 # what `apm test` / `apm predict` read).
@@ -73,6 +74,8 @@ def data_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
         now = current[key]
         if key in DATA_PATHS or key == "data_files":
             before, now = _path_value(before), _path_value(now)
+        # The checkpoint holds its values with secrets masked (token=***): compare them so.
+        before, now = redact(before), redact(now)
         if before != now:
             differences.append(f"data.{key} was {shorten(before, 80)}, now {shorten(now, 80)}")
     return differences
