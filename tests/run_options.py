@@ -1,7 +1,42 @@
-"""Options every in-test run takes: no W&B, no progress bar, no model summary (quiet logs)."""
+"""Options every in-test run takes: no W&B, no progress bar, no model summary (quiet logs); and
+the tiny pretraining run that the distributed tests compare across process layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 
 QUIET = [
     "--wandb_mode=disabled",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
+
+
+def tiny_pretrain_args(recipe: str, run_dir: Path, batch_size: int, *extra: str) -> list[str]:
+    """``apm pretrain`` with ``experiments/pretrain/<recipe>.yaml``, smaller still and dropout
+    off, for 6 steps on WikiText-2 validation: the same run on any number of processes."""
+    return [
+        "pretrain",
+        "-c",
+        str(REPO / "experiments" / "pretrain" / f"{recipe}.yaml"),
+        "--model.backbone_config.hidden_size=32",
+        "--model.backbone_config.intermediate_size=64",
+        "--model.backbone_config.hidden_dropout_prob=0.0",
+        "--model.backbone_config.attention_probs_dropout_prob=0.0",
+        *extra,
+        "--data.files",
+        str(CORPUS),
+        "--data.max_documents=400",
+        "--data.block_size=32",
+        f"--data.batch_size={batch_size}",
+        "--data.max_validation_blocks=16",
+        "--trainer.max_steps=6",
+        "--trainer.val_check_interval=3",
+        "--trainer.deterministic=true",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        *QUIET,
+    ]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_options import QUIET
+from run_options import CORPUS, tiny_pretrain_args
 
 from apm_lightning.cli import main
 from apm_lightning.data.collate import EpochBatchSampler
@@ -169,33 +169,11 @@ def test_ci_workflow_runs_the_readme_test_command():
     assert command in steps
 
 
-CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
-
-
 def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
     """ELECTRA (masking, the generator's sampling, both losses), tiny, dropout off."""
-    return [
-        "pretrain",
-        "-c",
-        str(REPO / "experiments" / "pretrain" / "electra_tiny.yaml"),
-        "--model.backbone_config.hidden_size=32",
-        "--model.backbone_config.embedding_size=32",
-        "--model.backbone_config.intermediate_size=64",
-        "--model.backbone_config.hidden_dropout_prob=0.0",
-        "--model.backbone_config.attention_probs_dropout_prob=0.0",
-        "--data.files",
-        str(CORPUS),
-        "--data.max_documents=400",
-        "--data.block_size=32",
-        f"--data.batch_size={batch_size}",
-        "--data.max_validation_blocks=16",
-        "--trainer.max_steps=6",
-        "--trainer.val_check_interval=3",
-        "--trainer.deterministic=true",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        *QUIET,
-    ]
+    return tiny_pretrain_args(
+        "electra_tiny", run_dir, batch_size, "--model.backbone_config.embedding_size=32"
+    )
 
 
 @pytest.mark.skipif(not CORPUS.is_file(), reason="../shared/data/corpus is missing")

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_options import QUIET
+from run_options import CORPUS, tiny_pretrain_args
 from test_multi_device import fit_args, val_losses
 
 from apm_lightning.cli import main
 from apm_lightning.training.cli import verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 TWO_NODES = [
     "--trainer.accelerator=cpu",
     "--trainer.strategy=ddp",
@@ -156,27 +155,7 @@ def slurm_env(rank: int, ntasks: int, port: int, job_id: str = "4242", **extra: 
 
 def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
     """experiments/pretrain/mlm_tiny.yaml, smaller still, dropout off."""
-    return [
-        "pretrain",
-        "-c",
-        str(REPO / "experiments" / "pretrain" / "mlm_tiny.yaml"),
-        "--model.backbone_config.hidden_size=32",
-        "--model.backbone_config.intermediate_size=64",
-        "--model.backbone_config.hidden_dropout_prob=0.0",
-        "--model.backbone_config.attention_probs_dropout_prob=0.0",
-        "--data.files",
-        str(CORPUS),
-        "--data.max_documents=400",
-        "--data.block_size=32",
-        f"--data.batch_size={batch_size}",
-        "--data.max_validation_blocks=16",
-        "--trainer.max_steps=6",
-        "--trainer.val_check_interval=3",
-        "--trainer.deterministic=true",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        *QUIET,
-    ]
+    return tiny_pretrain_args("mlm_tiny", run_dir, batch_size)
 
 
 @pytest.mark.slow  # about 60 s on 2 busy cores
