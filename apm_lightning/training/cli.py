@@ -327,7 +327,7 @@ class APMCLI(LightningCLI):
     def after_validate(self) -> None:
         if self.trainer.is_global_zero and self.trainer.callback_metrics:
             values = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-            _print_metrics({"task": getattr(self.datamodule, "task", None), "metrics": values})
+            _print_metrics({"task": _task_title(self.model, self.datamodule), "metrics": values})
             self._write_scores(values)
 
     def after_test(self) -> None:
@@ -438,6 +438,18 @@ def _progress_bar() -> pl.Callback:
     if sys.stdout.isatty():
         return RichProgressBar()
     return TQDMProgressBar(refresh_rate=50)  # logs, not terminals: fewer lines
+
+
+def _task_title(model: Any, datamodule: Any) -> str | None:
+    """The name a results table is titled with, as fit's results.json records it: the module's
+    task name (GLUE task, squad_v2, pretrain-mlm), else the data module's task or kind."""
+    name = getattr(model, "task_name", None)
+    if name:
+        return str(name)
+    task = getattr(datamodule, "task", None)
+    if task is not None:
+        return str(getattr(task, "name", task))
+    return type(datamodule).__name__.removesuffix("DataModule").lower() if datamodule is not None else None
 
 
 def _print_metrics(results: dict) -> None:
