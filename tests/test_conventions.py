@@ -3,6 +3,8 @@ matplotlib backend alone, short runs still log their training loss, one option s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,31 @@ def test_validate_table_is_titled_with_the_task(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "results: rte" in out, out
     assert "results: None" not in out
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path) -> None:
+    """A notebook's backend (here: svg, set before the import) survives drawing every plot, and
+    pyplot, which picks and switches backends, is never imported."""
+    script = f"""
+import sys
+import matplotlib
+matplotlib.rcParams["backend"] = "svg"
+from pathlib import Path
+from apm_lightning.reports import plots
+out = Path({str(tmp_path)!r})
+run = out / "run"
+(run / "csv").mkdir(parents=True)
+(run / "csv" / "metrics.csv").write_text("step,train/loss,val/main,val/loss,val/tokens_seen\\n0,0.9,,,\\n1,0.7,0.5,2.0,64\\n")
+rows = [{{"task": "rte", "main": 0.6, "seed": 1}}, {{"task": "rte", "main": 0.7, "seed": 2}}]
+made = [
+    plots.learning_curves([("a", run)], out / "curves.png"),
+    plots.scores_per_task(rows, out / "scores.png"),
+    plots.validation_loss_vs_tokens([("mlm", run / "csv" / "metrics.csv")], out / "tokens.png"),
+    plots.downstream_by_objective({{"mlm": {{"rte": [0.6, 0.7]}}}}, out / "objectives.png"),
+]
+assert all(p is not None and p.stat().st_size > 0 for p in made), made
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"], done.stdout

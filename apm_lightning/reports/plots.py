@@ -1,6 +1,7 @@
 """PNG plots of runs: learning curves from each run's CSV log, and dev scores per task and seed.
 
-matplotlib with the Agg backend (no display needed); scores on the 0-100 scale as in the tables
+matplotlib ``Figure`` objects, never pyplot: no backend is chosen or switched (a notebook keeps
+its own) and no display is needed; scores on the 0-100 scale as in the tables
 (x100 for GLUE's 0-1 metrics, as they are for SQuAD's percentages).
 """
 
@@ -35,21 +36,19 @@ def read_csv_log(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any):
+    # A bare Figure renders with its own canvas on savefig: pyplot's global state and backend
+    # (a notebook's inline one) are never touched.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
-def _save(plt, fig, out_png: str | Path) -> Path:
+def _save(fig, out_png: str | Path) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
@@ -66,8 +65,8 @@ def learning_curves(
     logs = [(label, s) for label, s in logs if s]
     if not logs:
         return None
-    plt = _pyplot()
-    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure(figsize=(11, 4))
+    loss_ax, score_ax = fig.subplots(1, 2)
     for label, series in logs:
         if "train/loss" in series:
             steps, values = zip(*series["train/loss"], strict=True)
@@ -82,7 +81,7 @@ def learning_curves(
     if len(logs) <= 12:
         score_ax.legend(fontsize=7)
     fig.suptitle(title)
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def scores_per_task(
@@ -94,8 +93,8 @@ def scores_per_task(
     tasks = list(dict.fromkeys(key(r) for r in rows if r.get(value) is not None))
     if not tasks:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(tasks) + 2), 4))
+    fig = _figure(figsize=(max(4, 1.2 * len(tasks) + 2), 4))
+    ax = fig.subplots()
     for i, task in enumerate(tasks):
         members = [r for r in rows if key(r) == task and r.get(value) is not None]
         points = [score_scale(r.get("task"), value) * r[value] for r in members]
@@ -113,7 +112,7 @@ def scores_per_task(
                 )
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set(ylabel="dev score, 0-100 (points: seeds, bars: median)", title="scores per task and seed")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | Path) -> Path | None:
@@ -131,15 +130,15 @@ def validation_loss_vs_tokens(runs: Sequence[tuple[str, Path]], out_png: str | P
             panels.append((label, sorted(points.items())))
     if not panels:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig = _figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (label, points) in zip(axes[0], panels, strict=True):
         xs, ys = zip(*points, strict=True)
         ax.plot([x / 1e6 for x in xs], ys, marker="o")
         ax.set(xlabel="tokens seen (millions)", ylabel="validation loss", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle("validation loss against tokens seen")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: str | Path) -> Path | None:
@@ -148,10 +147,10 @@ def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: 
     tasks = list(dict.fromkeys(t for per_task in scores.values() for t, s in per_task.items() if s))
     if not tasks:
         return None
-    plt = _pyplot()
     objectives = list(scores)
     width = 0.8 / max(1, len(objectives))
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(tasks) + 2), 4))
+    fig = _figure(figsize=(max(5, 1.8 * len(tasks) + 2), 4))
+    ax = fig.subplots()
     for j, objective in enumerate(objectives):
         for i, task in enumerate(tasks):
             values = [100 * v for v in scores[objective].get(task, [])]
@@ -175,4 +174,4 @@ def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: 
         ylabel="dev score x100 (bar: mean, error: sd, points: seeds)", title="downstream score per objective"
     )
     ax.legend(fontsize=8)
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
