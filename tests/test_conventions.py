@@ -3,6 +3,7 @@ matplotlib backend alone, short runs still log their training loss, one option s
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from apm_lightning.cli import main
+from apm_lightning.training.log_interval import log_interval
 from tests.run_options import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,3 +65,26 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "False"], done.stdout
+
+
+def test_log_interval_follows_the_run_length() -> None:
+    assert [log_interval(n) for n in (8, 100, 400, 10_000)] == [1, 5, 20, 50]
+    assert log_interval(float("inf")) == 50  # length unknown: Lightning's default
+
+
+def train_loss_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+@needs_glue
+@pytest.mark.parametrize("user_interval", [None, 4])
+def test_short_run_logs_its_training_loss(tmp_path, user_interval) -> None:
+    """8 steps: one train/loss row per step by default (Lightning's 50 logged none); a value the
+    user gives is kept."""
+    extra = ["--data.batch_size", "2", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1"]
+    if user_interval:
+        extra += ["--trainer.log_every_n_steps", str(user_interval)]
+    assert apm("fit", tmp_path / "run", *extra) == 0
+    rows = train_loss_rows(tmp_path / "run")
+    assert len(rows) == (8 if user_interval is None else 8 // user_interval), rows

@@ -40,6 +40,7 @@ from apm_lightning.training.checkpointing import (
     remove_stale_temporaries,
 )
 from apm_lightning.training.interrupts import InterruptToCheckpoint, sigint_received
+from apm_lightning.training.log_interval import LogIntervalFromLength
 from apm_lightning.training.loggers import (
     RUN_ID_FILE,
     WANDB_MODES,
@@ -213,6 +214,8 @@ class APMCLI(LightningCLI):
             callbacks += [RunRecords(root, run_id), InterruptToCheckpoint()]
         if config.trainer.get("enable_progress_bar") is not False:
             callbacks.append(_progress_bar())
+        if config.trainer.get("log_every_n_steps") is None:  # not set by the user: fit the run's length
+            callbacks.append(LogIntervalFromLength())
         kwargs["callbacks"] = list(config.trainer.get("callbacks") or []) + callbacks
         # One place writes (atomically) and reads (safely) every checkpoint file.
         plugins = config.trainer.get("plugins") or []
