@@ -113,6 +113,14 @@ def strip_remote_code(folder: Path) -> None:
         code.unlink()
 
 
+def _true_or_false(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
 def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="apm export", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by apm fit")
@@ -120,9 +128,16 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a folder that an earlier apm export wrote"
     )
+    # The spelling of fit/validate/predict (--allow_unsafe_checkpoints true), which the error
+    # hints name; the dashed flag of earlier versions still works.
     parser.add_argument(
+        "--allow_unsafe_checkpoints",
         "--allow-unsafe-checkpoints",
-        action="store_true",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_true_or_false,
+        metavar="true|false",
         help="unpickle arbitrary objects (only for checkpoints you trust)",
     )
     args = parser.parse_args(argv)

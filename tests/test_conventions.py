@@ -3,12 +3,14 @@ matplotlib backend alone, short runs still log their training loss, one option s
 
 from __future__ import annotations
 
+import argparse
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from apm_lightning.cli import main
 from apm_lightning.training.log_interval import log_interval
@@ -88,3 +90,27 @@ def test_short_run_logs_its_training_loss(tmp_path, user_interval) -> None:
     assert apm("fit", tmp_path / "run", *extra) == 0
     rows = train_loss_rows(tmp_path / "run")
     assert len(rows) == (8 if user_interval is None else 8 // user_interval), rows
+
+
+@pytest.mark.parametrize(
+    ("flag", "allowed"),
+    [
+        ([], False),
+        (["--allow_unsafe_checkpoints", "true"], True),  # fit's spelling, which the hint names
+        (["--allow_unsafe_checkpoints"], True),
+        (["--allow-unsafe-checkpoints"], True),  # the earlier spelling still works
+        (["--allow_unsafe_checkpoints", "false"], False),
+    ],
+)
+def test_export_takes_the_option_spelling_of_fit(tmp_path, capsys, flag, allowed) -> None:
+    """A checkpoint holding a pickled object: refused with the hint, or unpickled (and then
+    refused for having no weights) when the option allows it; nothing is written either way."""
+    ckpt = tmp_path / "pickled.ckpt"
+    torch.save({"extra": argparse.Namespace(a=1)}, ckpt)
+    assert main(["export", str(ckpt), str(tmp_path / "hf"), *flag]) == 2
+    err = capsys.readouterr().err
+    if allowed:
+        assert "has no state_dict" in err, err
+    else:
+        assert "pass --allow_unsafe_checkpoints true" in err, err
+    assert not (tmp_path / "hf").exists()
