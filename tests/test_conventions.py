@@ -114,3 +114,11 @@ def test_export_takes_the_option_spelling_of_fit(tmp_path, capsys, flag, allowed
     else:
         assert "pass --allow_unsafe_checkpoints true" in err, err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_run_and_export_folders_are_git_ignored() -> None:
+    """The README's own commands write runs/ and exported/ in the checkout."""
+    for path in ("runs/rte/checkpoints/last.ckpt", "exported/rte/config.json"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, timeout=30)
+        assert done.returncode == 0, f"{path} is not git-ignored"
