@@ -30,17 +30,17 @@ MARKER = ".apm-export"
 
 
 def check_export_target(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> None:
-    """Refuse an ``out`` that holds anything but an earlier export (``--overwrite``), or that
+    """Refuse an ``out`` that cannot be a folder (a file, a path under one: never replaced, even
+    with ``--overwrite``), that holds anything but an earlier export (``--overwrite``), or that
     holds ``source``, the checkpoint being exported."""
     out = Path(out)
+    check_output_dir(out, "output folder")
     if source is not None:
         src, target = Path(source).resolve(), out.resolve()
         if target == src or target in src.parents:
             raise APMError(f"{out} holds the checkpoint being exported ({source}); choose another folder")
     if not out.exists():
         return
-    if not out.is_dir():
-        raise APMError(f"{out} is a file, not a folder; choose another folder")
     present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
     if not present and not any(out.iterdir()):
         return
@@ -66,8 +66,7 @@ def check_export_target(out: str | Path, overwrite: bool = False, source: str | 
 def export_checkpoint(
     ckpt: str | Path, out: str | Path, overwrite: bool = False, allow_unsafe: bool = False
 ) -> Path:
-    check_output_dir(out, "output folder")  # a file there is never replaced, even with --overwrite
-    check_export_target(out, overwrite, source=ckpt)
+    check_export_target(out, overwrite, source=ckpt)  # before the checkpoint is loaded
     return export_module(load_module_from_checkpoint(ckpt, allow_unsafe), out, overwrite)
 
 
@@ -75,7 +74,6 @@ def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or an earlier export
     replaced on request)."""
     out = Path(out)
-    check_output_dir(out, "output folder")
     check_export_target(out, overwrite)
     if not hasattr(module, "export_hf"):
         raise APMError(
