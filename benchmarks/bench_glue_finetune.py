@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import resource
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 # benchlib sets the offline, quiet environment before any Hugging Face import.
-from benchlib import DATA_ROOT, PEER_ERRORS, REPO, ratio, require_bench_extras
+from benchlib import DATA_ROOT, PEER_ERRORS, REPO, ratio, require_bench_extras, trainer_length_grouping
 
 HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
 PEERS = (*HF_PEERS, "apm")
@@ -111,14 +110,7 @@ def run_hf(peer: str, args: argparse.Namespace) -> dict[str, Any]:
         hits = np.argmax(p.predictions, axis=1) == p.label_ids
         return {"accuracy": float(hits.mean())}
 
-    # transformers 5 replaced `group_by_length=True` with `train_sampling_strategy`.
-    grouping: dict[str, Any] = {}
-    if peer == "hf_dynamic_grouped":
-        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-        if "group_by_length" in fields:
-            grouping = {"group_by_length": True}
-        else:
-            grouping = {"train_sampling_strategy": "group_by_length"}
+    grouping = trainer_length_grouping() if peer == "hf_dynamic_grouped" else {}
 
     with tempfile.TemporaryDirectory(prefix=f"bench_{peer}_") as out_dir:
         training_args = TrainingArguments(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchlib import DATA_ROOT, REPO
+from benchlib import DATA_ROOT, REPO, trainer_length_grouping
 
 # The GLUE folder and the main score per task (the mean of the task's metrics, as GLUE scores).
 TASKS = {
@@ -136,12 +135,7 @@ def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
             }
         return {k: float(v) for k, v in values.items()}
 
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    grouping = (
-        {"group_by_length": True}
-        if "group_by_length" in fields
-        else {"train_sampling_strategy": "group_by_length"}
-    )
+    grouping = trainer_length_grouping()
     train, dev = load("train"), load("dev")
     with tempfile.TemporaryDirectory(prefix="parity_") as out:
         targs = TrainingArguments(

@@ -135,3 +135,15 @@ def require_bench_extras() -> None:
 
     if importlib.util.find_spec("accelerate") is None:
         sys.exit('benchmarks: the Hugging Face Trainer peers need accelerate: pip install -e ".[bench]"')
+
+
+def trainer_length_grouping() -> dict[str, Any]:
+    """The TrainingArguments that turn on the Trainer's length grouping: transformers 5 replaced
+    ``group_by_length=True`` with ``train_sampling_strategy``."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    if "group_by_length" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        return {"group_by_length": True}
+    return {"train_sampling_strategy": "group_by_length"}
