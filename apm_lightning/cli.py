@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     command = ALIASES.get(command, command)
-    from apm_lightning.errors import APMError
-    from apm_lightning.redact import redact_text
+    from apm_lightning.core.errors import APMError, user_error
+    from apm_lightning.core.redact import redact_text
 
     try:
         if command in LIGHTNING_COMMANDS:
-            from apm_lightning.recipes import resolve_config_args
+            from apm_lightning.core.recipes import resolve_config_args
             from apm_lightning.training.cli import run_lightning_cli
 
             run_lightning_cli([command, *resolve_config_args(rest)])
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sweep_main(rest)
         elif command == "configs":
-            from apm_lightning.recipes import configs_main
+            from apm_lightning.core.recipes import configs_main
 
             configs_main(rest)
         elif command == "tokenizer":
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     except Exception as err:
         # jsonargparse wraps errors raised while it instantiates classes; find ours inside.
-        cause = _user_error(err, APMError)
+        cause = user_error(err, APMError)
         if cause is None or debug:
             raise
         # Paths and URLs in a message may hold a token or password.
@@ -123,16 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         print("apm: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def _user_error(err: BaseException, kind: type) -> BaseException | None:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def entry_point() -> None:

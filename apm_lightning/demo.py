@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from apm_lightning.core import hub
 from apm_lightning.data import sources
 
 SOURCES = ("auto", "local", "hub", "sample")
@@ -44,10 +45,10 @@ def choose_source(kind: str = "auto") -> tuple[list[str], str]:
     if folder is not None:
         return ["--data.source", "local", "--data.data_dir", str(folder.parent)], f"local files in {folder}"
     if kind == "local":
-        from apm_lightning.errors import APMError
+        from apm_lightning.core.errors import APMError
 
         raise APMError("--source local: set $APM_DATA_DIR to a folder holding glue/SST-2/train.tsv")
-    if kind == "hub" or (kind == "auto" and sources.hub_reachable()):
+    if kind == "hub" or (kind == "auto" and hub.hub_reachable()):
         return ["--data.source", "hub"], "the Hugging Face hub (nyu-mll/glue, sst2)"
     if kind == "synthetic":  # for tests of the machinery only: not SST-2
         return ["--data.source", "synthetic"], "a synthetic SST-2-style task (tests only)"
@@ -58,7 +59,7 @@ def choose_source(kind: str = "auto") -> tuple[list[str], str]:
 def describe_backbone(name: str) -> str:
     """The pretrained model ``name`` resolves to; raises the usual one-line error when it cannot
     be had (before any data is read)."""
-    from apm_lightning.models.backbones import resolve_backbone
+    from apm_lightning.modules.hf_export import resolve_backbone
 
     resolved = resolve_backbone(name)
     return name if resolved == name else f"{name} ({resolved})"
@@ -105,7 +106,7 @@ def demo_main(argv: list[str]) -> None:
         [
             "fit",
             "--model",
-            "apm_lightning.tasks.classification.TransformerClassifier",
+            "apm_lightning.modules.classification.TransformerClassifier",
             "--model.backbone",
             args.backbone,
             "--model.learning_rate",

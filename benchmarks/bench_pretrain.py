@@ -134,7 +134,7 @@ def block_ids(item: Any):
 def masking_keys(batch: dict[str, Any], step: int):
     """What apm's training_step masks with: keys of (seed 0, step, block index) where the module
     has keyed masks and the batch carries block indices; else None (torch's generator)."""
-    from apm_lightning.tasks import pretraining
+    from apm_lightning.modules import pretraining
 
     if "index" not in batch or not hasattr(pretraining, "row_keys"):
         return None
@@ -193,7 +193,7 @@ def run_hf_full_head(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, BertForMaskedLM
 
-    from apm_lightning.tasks.pretraining import mask_tokens
+    from apm_lightning.modules.pretraining import mask_tokens
 
     dm = corpus(args)
     tok = dm.tokenizer
@@ -225,7 +225,7 @@ def run_hf_full_head(args: argparse.Namespace) -> dict[str, Any]:
 def run_minimal_loop(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from apm_lightning.tasks.pretraining import PretrainingModule
+    from apm_lightning.modules.pretraining import PretrainingModule
 
     dm = corpus(args)
     module = PretrainingModule(

@@ -60,7 +60,7 @@ def preimport() -> None:
     import transformers
 
     import apm_lightning.data.glue  # noqa: F401
-    from apm_lightning.models.backbones import resolve_tokenizer  # noqa: F401
+    from apm_lightning.core.model_paths import resolve_tokenizer  # noqa: F401
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -99,7 +99,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
     import datasets
     from transformers import AutoTokenizer
 
-    from apm_lightning.models.backbones import resolve_tokenizer
+    from apm_lightning.core.model_paths import resolve_tokenizer
 
     folder = Path(args.data_dir) / "SST-2"
     t0 = time.perf_counter()

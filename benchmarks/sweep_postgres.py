@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchlib import DATA_ROOT, REPO
 
-from apm_lightning.redact import redact_text
+from apm_lightning.core.redact import redact_text
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchlib import DATA_ROOT, REPO  # also sets the offline environment the children inherit
 
-from apm_lightning.runners.glue_score import summarize
+from apm_lightning.metrics.glue_score import summarize
 
 
 def apm(*args: str) -> float:

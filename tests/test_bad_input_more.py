@@ -171,9 +171,9 @@ def test_glue_sizes_and_limits(tmp_path, capsys, option, value):
 
 
 def test_squad_and_corpus_sizes(tmp_path):
+    from apm_lightning.core.errors import APMError
     from apm_lightning.data.corpus import CorpusDataModule
     from apm_lightning.data.squad import SQuADDataModule
-    from apm_lightning.errors import APMError
 
     with pytest.raises(APMError, match="data.batch_size must be"):
         SQuADDataModule(batch_size=0)
@@ -230,7 +230,7 @@ def test_cache_sees_same_size_edit_with_kept_mtime(tmp_path, layout):
 
 
 def test_squad_and_corpus_keys_follow_content(tmp_path):
-    from apm_lightning.data.squad import read_squad_file
+    from apm_lightning.data.squad_files import read_squad_file
     from apm_lightning.data.text_sources import TextSource
 
     text = tmp_path / "corpus.txt"
@@ -258,9 +258,9 @@ def test_sequence_length_past_positions(tmp_path, capsys):
 
 
 def test_sequence_length_past_pretrained_positions():
+    from apm_lightning.core.errors import APMError
     from apm_lightning.data.glue import GLUEDataModule
-    from apm_lightning.errors import APMError
-    from apm_lightning.tasks.classification import TransformerClassifier
+    from apm_lightning.modules.classification import TransformerClassifier
     from apm_lightning.training.preflight import check_sequence_length
 
     model = TransformerClassifier(backbone="minilm")  # no task yet: the network is built later
@@ -278,7 +278,7 @@ def test_backbone_with_backbone_config(tmp_path, capsys):
 
 
 def test_default_backbone_with_backbone_config_is_fine():
-    from apm_lightning.tasks.classification import TransformerClassifier
+    from apm_lightning.modules.classification import TransformerClassifier
 
     # A task config's 'backbone: minilm' composed with a from-scratch model config.
     model = TransformerClassifier(

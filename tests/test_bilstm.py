@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 from apm_lightning.models.bilstm import (
     PRESETS,
     BiLSTMEncoder,

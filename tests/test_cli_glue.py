@@ -345,7 +345,7 @@ def test_predict_mnli_writes_matched_and_mismatched(tmp_path, fixture_glue):
 def test_export_loads_with_auto_class(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from apm_lightning.export import load_module_from_checkpoint
+    from apm_lightning.modules.hf_export import load_module_from_checkpoint
 
     results = fit("mrpc", tmp_path / "run", GLUE)
     out = tmp_path / "hf"

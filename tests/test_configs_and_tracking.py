@@ -160,9 +160,9 @@ def test_wandb_offline_run_is_written_to_disk(tmp_path, monkeypatch):
 def test_tokenization_is_cached(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
+    from apm_lightning.core.model_paths import minilm_path
     from apm_lightning.data.encoders import JointPairEncoder
     from apm_lightning.data.glue import GLUEDataModule
-    from apm_lightning.models.backbones import minilm_path
 
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
@@ -282,10 +282,10 @@ def test_a_warm_cache_reads_no_text_and_a_changed_file_is_checked_again(tmp_path
 
     from transformers import AutoTokenizer
 
+    from apm_lightning.core.errors import APMError
+    from apm_lightning.core.model_paths import minilm_path
     from apm_lightning.data import glue as glue_module
     from apm_lightning.data.encoders import JointPairEncoder
-    from apm_lightning.errors import APMError
-    from apm_lightning.models.backbones import minilm_path
 
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "glue" / "RTE"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from apm_lightning.core import hub
+from apm_lightning.core.errors import APMError
 from apm_lightning.data import sources
 from apm_lightning.data.glue import GLUEDataModule
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GLUE_TASKS, get_task
-from apm_lightning.errors import APMError
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -851,7 +852,7 @@ def test_offline_without_local_data_fails_fast(monkeypatch):
     monkeypatch.delenv("APM_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    assert sources.hub_reachable() is False
+    assert hub.hub_reachable() is False
     with pytest.raises(APMError) as err:
         GLUEDataModule(task="qqp", data_dir=None).raw_split("train")
     elapsed = time.perf_counter() - start

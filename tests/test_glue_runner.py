@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from apm_lightning.cli import main
+from apm_lightning.metrics.glue_score import glue_score, glue_score_from_table, summarize, task_score
 from apm_lightning.runners import submission
-from apm_lightning.runners.glue_score import glue_score, glue_score_from_table, summarize, task_score
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -90,7 +90,7 @@ def test_summary_statistics():
 
 
 def test_runner_options():
-    from apm_lightning.errors import APMError
+    from apm_lightning.core.errors import APMError
     from apm_lightning.runners.glue import model_args, parse_overrides, parse_tasks
 
     assert parse_tasks("ax,SST-2,mnli,sst2") == ["sst2", "mnli", "ax"]  # AX after its MNLI model

@@ -23,7 +23,7 @@ from run_options import CORPUS, tiny_pretrain_args
 from test_multi_device import fit_args, val_losses
 
 from apm_lightning.cli import main
-from apm_lightning.training.cli import verify_checkpoint
+from apm_lightning.core.trust import verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_NODES = [

@@ -17,7 +17,7 @@ import pytest
 from run_options import QUIET
 
 from apm_lightning.cli import main
-from apm_lightning.recipes import find_recipe, recipe_names, recipes_root, resolve_config_args
+from apm_lightning.core.recipes import find_recipe, recipe_names, recipes_root, resolve_config_args
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = REPO.parent / "shared" / "data" / "glue"
@@ -75,7 +75,7 @@ def test_configs_list_show_copy(tmp_path, capsys):
 
 
 def test_sweep_and_compare_files_name_shipped_recipes_from_any_folder(tmp_path, monkeypatch):
-    from apm_lightning.recipes import resolve_config
+    from apm_lightning.core.recipes import resolve_config
     from apm_lightning.runners.compare import load_study
     from apm_lightning.runners.sweep import load_spec
 

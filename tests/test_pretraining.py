@@ -17,7 +17,7 @@ from run_options import QUIET
 
 from apm_lightning.cli import main
 from apm_lightning.data.corpus import CorpusDataModule
-from apm_lightning.tasks.pretraining import (
+from apm_lightning.modules.pretraining import (
     PretrainingModule,
     electra_loss,
     keyed_uniform,
@@ -297,7 +297,7 @@ def test_a_few_steps_of_each_objective_then_classifier_from_export(name, tmp_pat
     assert (hf / "config.json").is_file() and (hf / "model.safetensors").is_file()
     from transformers import AutoModelForSequenceClassification
 
-    from apm_lightning.export import load_module_from_checkpoint
+    from apm_lightning.modules.hf_export import load_module_from_checkpoint
 
     classifier = AutoModelForSequenceClassification.from_pretrained(hf, num_labels=2)
     pretrained = load_module_from_checkpoint(results["best_checkpoint"]).net
@@ -363,7 +363,7 @@ def _process(args: list[str]):
 def test_minilm_gets_a_tied_mlm_head_and_keeps_its_encoder():
     from transformers import AutoModel
 
-    from apm_lightning.models.backbones import minilm_path
+    from apm_lightning.core.model_paths import minilm_path
 
     module = PretrainingModule("mlm", backbone="minilm")
     net = module.net
@@ -389,8 +389,8 @@ def test_continue_from_an_apm_checkpoint(tmp_path):
 
 
 def test_text_files_in_latin1_are_read_and_strict_utf8_says_which_file(tmp_path):
+    from apm_lightning.core.errors import APMError
     from apm_lightning.data.text_sources import TextSource
-    from apm_lightning.errors import APMError
 
     old = tmp_path / "caesar.txt"
     old.write_bytes("Ant. C\u00e6sar, my Lord\r\n\r\nSecond paragraph\r\n".encode("latin-1"))

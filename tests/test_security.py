@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from apm_lightning.cli import main
-from apm_lightning.redact import MASK, redact
+from apm_lightning.core.redact import MASK, redact
 from apm_lightning.training.checkpointing import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +113,8 @@ def test_lightning_restores_go_through_the_safe_loader(trained, tmp_path, monkey
 
 def test_trust_remote_code_is_off_unless_asked_for(capsys):
     from apm_lightning.models.backbones import build_sequence_classifier
-    from apm_lightning.tasks.classification import TransformerClassifier
-    from apm_lightning.tasks.question_answering import QuestionAnsweringModule, build_qa_network
+    from apm_lightning.modules.classification import TransformerClassifier
+    from apm_lightning.modules.question_answering import QuestionAnsweringModule, build_qa_network
 
     for fn in (build_sequence_classifier, TransformerClassifier, QuestionAnsweringModule):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False, fn

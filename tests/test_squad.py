@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from apm_lightning.cli import main
-from apm_lightning.data.squad import QAExample, SQuADDataModule, prepare_features, read_squad_file
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
+from apm_lightning.data.squad import SQuADDataModule
+from apm_lightning.data.squad_features import prepare_features
+from apm_lightning.data.squad_files import QAExample, read_squad_file
 from apm_lightning.metrics.squad import (
     exact_score,
     f1_score,
@@ -23,7 +25,7 @@ from apm_lightning.metrics.squad import (
     squad_v2_scores,
     squad_v2_tuned,
 )
-from apm_lightning.tasks.question_answering import postprocess
+from apm_lightning.modules.question_answering import postprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad"
@@ -147,7 +149,7 @@ def test_gold_answers_score_100_on_the_real_files():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from apm_lightning.models.backbones import resolve_backbone
+    from apm_lightning.modules.hf_export import resolve_backbone
 
     return AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
 
@@ -365,8 +367,8 @@ def test_fit_and_predict(tmp_path, version, capsys):
 def test_checkpoint_identity_and_export(tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
-    from apm_lightning.export import export_checkpoint, load_module_from_checkpoint
-    from apm_lightning.tasks.question_answering import QuestionAnsweringModule
+    from apm_lightning.modules.hf_export import export_checkpoint, load_module_from_checkpoint
+    from apm_lightning.modules.question_answering import QuestionAnsweringModule
 
     run = tmp_path / "run"
     args = ["--data.max_train_samples", 8, "--data.max_eval_samples", 8, "--trainer.max_epochs", 1]
@@ -384,7 +386,7 @@ def test_checkpoint_identity_and_export(tmp_path):
     with pytest.raises(APMError, match="backbone_config"):
         other.on_load_checkpoint(checkpoint)
     module = load_module_from_checkpoint(ckpt).eval()
-    assert module.task_name == "squad_v2" and module.null_threshold == checkpoint["apm"]["null_threshold"]
+    assert module.results_label == "squad_v2" and module.null_threshold == checkpoint["apm"]["null_threshold"]
     out = export_checkpoint(ckpt, tmp_path / "hf")
     net = AutoModelForQuestionAnswering.from_pretrained(out).eval()
     ids = torch.tensor([[101, 2054, 102, 1996, 4937, 102]])
@@ -414,7 +416,7 @@ def test_cli_bad_file_is_one_line(tmp_path, capsys):
 
 
 def test_decoder_backbones_and_unsupported_types():
-    from apm_lightning.tasks.question_answering import build_qa_network
+    from apm_lightning.modules.question_answering import build_qa_network
 
     net = build_qa_network(None, {"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2}, False)
     out = net(

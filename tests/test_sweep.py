@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from apm_lightning.cli import main
-from apm_lightning.redact import redact_text as redact_url
+from apm_lightning.core.redact import redact_text as redact_url
 from apm_lightning.runners import sweep
 from apm_lightning.runners.launch import describe_exit
 
@@ -157,7 +157,7 @@ def test_killed_trials_are_failed_and_the_study_goes_on(tmp_path, monkeypatch):
 
 @needs_glue
 def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):
-    from apm_lightning.tasks.classification import GlueTaskModule
+    from apm_lightning.modules.classification import ClassifierModule
 
     real = sweep.run_apm
 
@@ -168,7 +168,7 @@ def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):
                 def out_of_memory(self, batch, batch_idx):
                     raise MemoryError("out of memory (simulated)")
 
-                patch.setattr(GlueTaskModule, "training_step", out_of_memory)
+                patch.setattr(ClassifierModule, "training_step", out_of_memory)
                 return real(args, *rest)
         return real(args, *rest)
 

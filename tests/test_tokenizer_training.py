@@ -10,6 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from apm_lightning.cli import main
+from apm_lightning.core.errors import APMError
 from apm_lightning.data.text_sources import TextSource
 from apm_lightning.data.tokenizer_training import (
     KINDS,
@@ -18,7 +19,6 @@ from apm_lightning.data.tokenizer_training import (
     min_vocab_size,
     train_tokenizer,
 )
-from apm_lightning.errors import APMError
 
 VOCAB = 800
 SENTENCE = "Emma Woodhouse, handsome and clever and rich, had lived nearly twenty-one years in the world."

@@ -28,13 +28,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from apm_lightning.checks import require_positive, require_sample_limit
-from apm_lightning.data.cache import default_cache_dir
+from apm_lightning.core.cache import default_cache_dir
+from apm_lightning.core.checks import require_positive, require_sample_limit
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact_text
 from apm_lightning.data.collate import EpochBatchSampler, ResumableLoader
 from apm_lightning.data.text_encoding import check_encoding_name
 from apm_lightning.data.text_sources import TextSource
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact_text
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
@@ -225,7 +225,7 @@ class CorpusDataModule(pl.LightningDataModule):
         if self.tokenizer_name:
             from transformers import AutoTokenizer
 
-            from apm_lightning.models.backbones import resolve_tokenizer
+            from apm_lightning.core.model_paths import resolve_tokenizer
 
             return AutoTokenizer.from_pretrained(resolve_tokenizer(self.tokenizer_name))
         module = self.trainer.lightning_module if self.trainer is not None else None

@@ -12,22 +12,21 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
-import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from apm_lightning.checks import not_a_file_reason, require_positive, require_sample_limit
+from apm_lightning.core import hub
+from apm_lightning.core.cache import cached_dataset, file_digest
+from apm_lightning.core.checks import not_a_file_reason, require_sample_limit
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact_text
 from apm_lightning.data import sources
-from apm_lightning.data.cache import cached_dataset, default_cache_dir, file_digest
-from apm_lightning.data.collate import EpochBatchSampler, PadCollator, ResumableLoader
+from apm_lightning.data.base import TextDataModule
+from apm_lightning.data.collate import PadCollator
 from apm_lightning.data.glue_files import read_glue_tsv, read_table
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.data.text_encoding import check_encoding_name
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ SOURCES = ("auto", "local", "hub", "files", "synthetic")
 HUB_DATASET = "nyu-mll/glue"
 
 
-class GLUEDataModule(pl.LightningDataModule):
+class GLUEDataModule(TextDataModule):
     """GLUE data for one task.
 
     Args:
@@ -78,18 +77,13 @@ class GLUEDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         encoding: str = "auto",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        # The run's full config (data included) is logged by the CLI; merging these hparams into
-        # the model's would clash on shared names such as 'tokenizer'.
-        self._log_hyperparams = False
+        super().__init__(tokenizer, batch_size, eval_batch_size, num_workers, cache_dir)
+        self.save_hyperparameters(logger=False)  # the CLI logs the whole config (see TextDataModule)
         self.task: GlueTask = get_task(task)
         if source not in SOURCES:
             raise APMError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
         if max_seq_length < 8:
             raise APMError(f"max_seq_length={max_seq_length} is too short (use 8 or more)")
-        require_positive("data.batch_size", batch_size)
-        require_positive("data.eval_batch_size", eval_batch_size, optional=True)
         require_sample_limit("data.max_train_samples", max_train_samples)
         require_sample_limit("data.max_eval_samples", max_eval_samples)
         require_sample_limit("data.max_predict_samples", max_predict_samples)
@@ -100,23 +94,15 @@ class GLUEDataModule(pl.LightningDataModule):
         self.source = source
         self.data_files = data_files
         self.column_map = column_map
-        self.tokenizer_name = tokenizer
         self.max_seq_length = max_seq_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.max_predict_samples = max_predict_samples
         self.group_by_length = group_by_length
         self.test_split = test_split
         self.predict_split = predict_split
-        self.num_workers = num_workers
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.source_description = ""
         self._raw: dict[str, dict[str, list]] = {}
         self._loader = None  # resolved on first use
-        self.encoder = None
-        self.datasets: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ splits and sources
     @property
@@ -186,8 +172,8 @@ class GLUEDataModule(pl.LightningDataModule):
                     f"(expected e.g. {Path(where) / task.folder / next(iter(task.splits.values())).filename})"
                 )
         # The hub: the real path for users with internet; fail fast and clearly without it.
-        if not sources.hub_reachable():
-            raise sources.hub_unreachable_error(
+        if not hub.hub_reachable():
+            raise hub.hub_unreachable_error(
                 f"GLUE task {task.name}",
                 f"set --data.data_dir (or ${sources.DATA_DIR_ENV}) to a folder in the GLUE layout",
             )
@@ -249,7 +235,7 @@ class GLUEDataModule(pl.LightningDataModule):
     def check(self, stage: str) -> None:
         """Read every split ``stage`` needs now, so bad data fails before a run starts; a local
         file already read whole (same content) is not read again."""
-        for split in self._stage_splits(stage):
+        for split in self.stage_splits(stage):
             if self._loader is None:
                 self._loader = self._resolve_loader()
             marker = self._validated_marker(split)
@@ -290,7 +276,7 @@ class GLUEDataModule(pl.LightningDataModule):
         key = json.dumps([self.task.name, split, self._file_identity(split), self._limit_for(split)])
         return self.cache_dir / "validated" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
-    def _stage_splits(self, stage: str) -> list[str]:
+    def stage_splits(self, stage: str) -> list[str]:
         if stage == "fit":
             return ["train", *self.validation_splits]
         if stage == "validate":
@@ -302,19 +288,6 @@ class GLUEDataModule(pl.LightningDataModule):
         raise ValueError(stage)
 
     # ------------------------------------------------------------------ tokenization
-    def _make_encoder(self):
-        if self.tokenizer_name:
-            from transformers import AutoTokenizer
-
-            from apm_lightning.data.encoders import JointPairEncoder
-            from apm_lightning.models.backbones import resolve_tokenizer
-
-            return JointPairEncoder(AutoTokenizer.from_pretrained(resolve_tokenizer(self.tokenizer_name)))
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "build_encoder"):
-            raise APMError("GLUEDataModule needs a tokenizer: set --data.tokenizer or use an apm model")
-        return module.build_encoder(self)
-
     def _cache_key(self, split: str) -> str:
         parts = [
             self.task.name,
@@ -326,7 +299,7 @@ class GLUEDataModule(pl.LightningDataModule):
         ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
-    def _tokenized(self, split: str):
+    def build_split(self, split: str):
         if self._loader is None:
             self._loader = self._resolve_loader()
         path = self.cache_dir / "tokenized" / f"{self.task.name}-{split}-{self._cache_key(split)}"
@@ -338,39 +311,18 @@ class GLUEDataModule(pl.LightningDataModule):
 
         return cached_dataset(path, build)
 
-    def setup(self, stage: str) -> None:
-        if self.encoder is None:
-            self.encoder = self._make_encoder()
-        for split in self._stage_splits(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self._tokenized(split)
-
     # ------------------------------------------------------------------ loaders
     def _lengths(self, dataset) -> list[int]:
         key = "input_ids" if "input_ids" in dataset.column_names else "input_ids_a"
         return [len(x) for x in dataset[key]]
 
+    def collate(self, train: bool) -> PadCollator:
+        return PadCollator(self.encoder.pad_values, regression=self.task.is_regression)
+
     def _loader_for(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
-        world = self.trainer.world_size if self.trainer is not None else 1
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        sampler = EpochBatchSampler(
-            self._lengths(dataset),
-            self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            group_by_length=train and self.group_by_length,
-            seed=torch.initial_seed() % (2**31) if train else 0,
-            # Evaluation is sharded too: each rank scores its share, torchmetrics syncs the states.
-            num_replicas=world,
-            rank=rank,
-        )
-        return (ResumableLoader if train else DataLoader)(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=PadCollator(self.encoder.pad_values, regression=self.task.is_regression),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        # Evaluation is sharded too: each rank scores its share, torchmetrics syncs the states.
+        return self.batch_loader(dataset, self._lengths(dataset), train, group_by_length=self.group_by_length)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader_for("train", train=True)
@@ -384,28 +336,16 @@ class GLUEDataModule(pl.LightningDataModule):
         return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> list[DataLoader] | DataLoader:
-        # Lightning rebuilds prediction loaders around a plain sampler, so no custom batch
-        # sampler here: the rows are put in length order up front instead (less padding).
         loaders = []
         for split in self.splits_for(self.predict_split):
             dataset = self.datasets[split]
-            lengths = self._lengths(dataset)
-            ordered = dataset.select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
-            loaders.append(
-                DataLoader(
-                    ordered,
-                    batch_size=self.eval_batch_size,
-                    shuffle=False,
-                    collate_fn=PadCollator(self.encoder.pad_values, regression=self.task.is_regression),
-                    num_workers=self.num_workers,
-                )
-            )
+            loaders.append(self.predict_loader(dataset, self._lengths(dataset)))
         return loaders[0] if len(loaders) == 1 else loaders
 
     def split_names(self, stage: str) -> list[str]:
         """The split behind each dataloader index of ``stage`` (for naming metrics and files);
         empty when the task has no such split (AX has only a test split)."""
         try:
-            return self._stage_splits(stage)
+            return self.stage_splits(stage)
         except APMError:
             return []

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.checks import not_a_file_reason, shorten
+from apm_lightning.core.checks import not_a_file_reason, shorten
+from apm_lightning.core.errors import APMError
 from apm_lightning.data.glue_tasks import GlueTask
 from apm_lightning.data.text_encoding import check_decodes, decode_error, resolve_encoding
-from apm_lightning.errors import APMError
 
 log = logging.getLogger(__name__)
 

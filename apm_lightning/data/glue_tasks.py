@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 
 @dataclass(frozen=True)

@@ -1,70 +1,23 @@
 """Where data comes from: a local folder, the Hugging Face hub, or a small synthetic task.
 
 Offline first: a local folder always wins, and the hub is only tried after a short reachability
-check, so a machine without network gets a clear error in about a second instead of a 30-second
-stall inside ``datasets``.
+check (``apm_lightning.core.hub``), so a machine without network gets a clear error in about a
+second instead of a 30-second stall inside ``datasets``.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import socket
-import threading
 from pathlib import Path
 
-from apm_lightning.errors import APMError
-
 DATA_DIR_ENV = "APM_DATA_DIR"
-HUB_HOST = "huggingface.co"
 
 
 def data_root() -> Path | None:
     """The local data root named by ``APM_DATA_DIR`` (with ``glue/``, ``squad/``, ``corpus/``)."""
     value = os.environ.get(DATA_DIR_ENV)
     return Path(value).expanduser() if value else None
-
-
-def hub_offline_requested() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def tcp_reachable(host: str, port: int = 443, timeout: float = 1.5) -> bool:
-    """True when ``host:port`` accepts a TCP connection within ``timeout`` seconds.
-
-    DNS resolution can hang far longer than a socket timeout, so the whole check runs in a
-    daemon thread that we stop waiting for.
-    """
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when the Hugging Face hub answers (and offline mode is not set)."""
-    return not hub_offline_requested() and tcp_reachable(HUB_HOST, 443, timeout)
-
-
-def hub_unreachable_error(what: str, hint: str) -> APMError:
-    reason = (
-        "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-        if hub_offline_requested()
-        else f"{HUB_HOST} is not reachable"
-    )
-    return APMError(f"{what}: no local copy found and {reason}; {hint}")
 
 
 # --- a synthetic sentiment task in the SST-2 layout --------------------------------------------

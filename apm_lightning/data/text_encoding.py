@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 # Longest first: a UTF-32-LE mark starts with the UTF-16-LE one.
 _BOMS = (

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 DOCUMENT_SPLITS = ("paragraph", "line", "file")
 
@@ -76,7 +76,7 @@ class TextSource:
         return found
 
     def fingerprint(self) -> str:
-        from apm_lightning.data.cache import file_digest
+        from apm_lightning.core.cache import file_digest
 
         parts = {k: v for k, v in asdict(self).items() if k != "files"}
         for path in self.resolved_files():
@@ -174,7 +174,7 @@ class TextSource:
     def _dataset_documents(self) -> Iterator[str]:
         import datasets
 
-        from apm_lightning.data import sources
+        from apm_lightning.core import hub
 
         name = self.dataset
         if Path(name).exists():
@@ -184,8 +184,8 @@ class TextSource:
                     raise APMError(f"{name} has no split {self.dataset_split!r} (it has {', '.join(loaded)})")
                 loaded = loaded[self.dataset_split]
         else:
-            if sources.hub_offline_requested() or not sources.hub_reachable():
-                raise sources.hub_unreachable_error(
+            if hub.hub_offline_requested() or not hub.hub_reachable():
+                raise hub.hub_unreachable_error(
                     f"dataset {name!r}", "pass text files (data.files) or a local datasets folder"
                 )
             repo, _, config = name.partition(":")

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact_text
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact_text
 
 KINDS = ("wordpiece", "bpe", "unigram")
 # Learned pieces a vocabulary must have room for beyond its special tokens (and, for

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import PreTrainedTokenizerFast
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 __all__ = [
     "PAD_TOKEN",

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 from apm_lightning.reports import plots
 from apm_lightning.reports.tables import (
     SYNTHETIC,

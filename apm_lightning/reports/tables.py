@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.errors import APMError
-from apm_lightning.runners.glue_score import summarize
+from apm_lightning.core.errors import APMError
+from apm_lightning.metrics.glue_score import summarize
 
 # Metric columns in a stable order; anything else a run reports follows them.
 METRICS = (

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from apm_lightning.errors import APMError
-from apm_lightning.recipes import resolve_config
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.recipes import resolve_config
 from apm_lightning.reports.tables import markdown_table, write_csv
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 

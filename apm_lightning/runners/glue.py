@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.checks import check_output_dir
+from apm_lightning.core.checks import check_output_dir
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_json_atomic
+from apm_lightning.core.recipes import find_recipe, recipes_root, resolve_config_args
+from apm_lightning.core.redact import redact_text
 from apm_lightning.data import sources
 from apm_lightning.data.glue_tasks import get_task
-from apm_lightning.errors import APMError
-from apm_lightning.recipes import find_recipe, recipes_root, resolve_config_args
-from apm_lightning.redact import redact_text
+from apm_lightning.metrics.glue_score import GLUE_SCORE_TASKS, glue_score, summarize, task_score
 from apm_lightning.reports.tables import markdown_table, metric_columns, run_row, write_csv
 from apm_lightning.runners import submission
-from apm_lightning.runners.glue_score import GLUE_SCORE_TASKS, glue_score, summarize, task_score
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
-from apm_lightning.training.results import write_json_atomic
 
 ALL_TASKS = (*GLUE_SCORE_TASKS, "ax")
 # Options handed to every apm fit/predict as they are (a config to compose, or dotted overrides).

@@ -86,8 +86,7 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
 
 
 def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
-    from apm_lightning.cli import _user_error
-    from apm_lightning.errors import APMError
+    from apm_lightning.core.errors import APMError, user_error
     from apm_lightning.training.cli import run_lightning_cli
 
     saved = {key: os.environ.get(key) for key in env}
@@ -98,7 +97,7 @@ def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
         if err.code not in (0, None):
             raise RunFailed(f"the options were refused (exit status {err.code})") from None
     except Exception as err:
-        cause = _user_error(err, APMError)
+        cause = user_error(err, APMError)
         reason = str(cause) if cause is not None else f"{type(err).__name__}: {err}"
         raise RunFailed(reason.splitlines()[0] if reason else type(err).__name__) from err
     finally:

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 
 def _free_port() -> int:

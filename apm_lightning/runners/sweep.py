@@ -39,13 +39,13 @@ from typing import Any
 
 import yaml
 
-from apm_lightning.checks import check_output_dir
-from apm_lightning.config_files import read_config_file
-from apm_lightning.errors import APMError
-from apm_lightning.recipes import find_recipe, resolve_config
-from apm_lightning.redact import redact_text as redact_url
+from apm_lightning.core.checks import check_output_dir
+from apm_lightning.core.config_files import read_config_file
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_json_atomic
+from apm_lightning.core.recipes import find_recipe, resolve_config
+from apm_lightning.core.redact import redact_text as redact_url
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
-from apm_lightning.training.results import write_json_atomic
 
 STORAGE_ENV = "APM_OPTUNA_STORAGE"  # the child's way to the study, kept out of saved configs
 PRUNED_FILE = "pruned.json"  # written by the pruning callback in the trial's run dir

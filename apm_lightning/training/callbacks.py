@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.seeds import run_seed
 
 
 class StepSeeder(pl.Callback):
@@ -26,7 +27,7 @@ class StepSeeder(pl.Callback):
         self.base_seed: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.base_seed = torch.initial_seed() % (2**31)
+        self.base_seed = run_seed()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
         seen = trainer.fit_loop.epoch_loop.batch_progress.total.ready

@@ -22,7 +22,7 @@ from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from apm_lightning.redact import redact
+from apm_lightning.core.redact import redact
 
 TMP_SUFFIX = ".tmp"
 

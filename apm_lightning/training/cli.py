@@ -10,7 +10,6 @@ import argparse
 import functools
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -25,8 +24,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact, redact_text
+import apm_lightning.modules  # noqa: F401  (registers apm's modules: the classes a checkpoint may name)
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_json_atomic
+from apm_lightning.core.redact import redact, redact_text
+from apm_lightning.core.trust import (
+    check_model_args,
+    checkpoint_hparams,
+    checkpoint_model_name,
+    merge_model_args,
+    verify_checkpoint,
+    warn_replaced,
+)
 from apm_lightning.training.callbacks import (
     NonFiniteLossStop,
     PredictionWriter,
@@ -50,17 +59,10 @@ from apm_lightning.training.loggers import (
 )
 from apm_lightning.training.parser import APMArgumentParser
 from apm_lightning.training.preflight import check_run_settings, check_sequence_length
-from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb, write_json_atomic
+from apm_lightning.training.results import git_commit, package_versions, peak_rss_mb
 from apm_lightning.training.resume_check import check_resume
 from apm_lightning.training.run_dir import RunDirGuard, RunRecords, write_run_config
 from apm_lightning.training.slurm import newest_resume_checkpoint
-from apm_lightning.trust import (
-    check_model_args,
-    checkpoint_hparams,
-    checkpoint_model_name,
-    merge_model_args,
-    warn_replaced,
-)
 
 log = logging.getLogger("apm")
 
@@ -300,7 +302,7 @@ class APMCLI(LightningCLI):
         root = Path(self.config_init["fit"].trainer.default_root_dir)
         throughput = self.throughput.summary(trainer)
         results = {
-            "task": getattr(self.model, "task_name", None),
+            "task": getattr(self.model, "results_label", None),
             "metrics": metrics,
             "val_loss": val_loss,
             **throughput,
@@ -446,7 +448,7 @@ def _progress_bar() -> pl.Callback:
 def _task_title(model: Any, datamodule: Any) -> str | None:
     """The name a results table is titled with, as fit's results.json records it: the module's
     task name (GLUE task, squad_v2, pretrain-mlm), else the data module's task or kind."""
-    name = getattr(model, "task_name", None)
+    name = getattr(model, "results_label", None)
     if name:
         return str(name)
     task = getattr(datamodule, "task", None)
@@ -468,43 +470,6 @@ def _print_metrics(results: dict) -> None:
         if key in results:
             table.add_row(key, f"{results[key]:.1f}")
     Console(stderr=False).print(table)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _refused_global(err: Exception) -> str | None:
-    """What weights_only loading refused ("Unsupported global: GLOBAL builtins.exec ..."): torch's
-    own text is a paragraph with terminal escapes, and its first line names no reason."""
-    for line in _ANSI.sub("", str(err)).splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
-    return None
-
-
-def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
-    """Load a checkpoint file safely, or fail with one clear line."""
-    file = Path(path)
-    if not file.is_file():
-        raise APMError(f"checkpoint not found: {file}")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=not allow_unsafe)
-    except Exception as err:
-        refused = _refused_global(err)
-        if refused:
-            raise APMError(
-                f"checkpoint {file} could not be read safely: it holds pickled objects or code "
-                f"({refused}); pass --allow_unsafe_checkpoints true only for a file you trust"
-            ) from None
-        text = _ANSI.sub("", str(err)).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        raise APMError(
-            f"checkpoint {file} could not be read ({first}); it may be truncated or not a "
-            f"checkpoint (pass --allow_unsafe_checkpoints true only for a file you trust)"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise APMError(f"checkpoint {file} has no state_dict: not a Lightning checkpoint")
-    return checkpoint
 
 
 def run_lightning_cli(args: list[str]) -> APMCLI:

@@ -18,9 +18,12 @@ from urllib.parse import urlparse
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
+def _wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
 def _wandb_host() -> str:
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    return urlparse(base).hostname or "api.wandb.ai"
+    return urlparse(_wandb_base_url()).hostname or "api.wandb.ai"
 
 
 def wandb_credentials_present() -> bool:
@@ -33,9 +36,10 @@ def wandb_credentials_present() -> bool:
 
 
 def wandb_server_reachable(timeout: float = 2.0) -> bool:
-    from apm_lightning.data.sources import tcp_reachable
+    from apm_lightning.core.hub import url_reachable
 
-    return tcp_reachable(_wandb_host(), 443, timeout)
+    # WANDB_BASE_URL's own port, through HTTPS_PROXY when one is set.
+    return url_reachable(_wandb_base_url(), timeout)
 
 
 def resolve_wandb_mode(mode: str = "auto") -> str:
@@ -46,7 +50,7 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     if env in ("online", "offline", "disabled"):
         return env
     if mode not in WANDB_MODES:
-        from apm_lightning.errors import APMError
+        from apm_lightning.core.errors import APMError
 
         raise APMError(f"unknown W&B mode {mode!r}: choose one of {', '.join(WANDB_MODES)}")
     if mode != "auto":
@@ -87,7 +91,7 @@ def default_loggers(
     """CSV always; W&B unless disabled. Both write under the run directory. ``run_id``: the W&B
     run to create or continue (see ``wandb_run_id``); ``resumed``: it continues a run that
     logged before (a resume from a checkpoint)."""
-    from apm_lightning.training.run_dir import ResumableCSVLogger
+    from apm_lightning.training.csv_logger import ResumableCSVLogger
 
     root = Path(root)
     loggers: list = []
@@ -95,7 +99,7 @@ def default_loggers(
     if mode != "disabled":
         import wandb
 
-        from apm_lightning.redact import redact
+        from apm_lightning.core.redact import redact
 
         StepWandbLogger = _step_wandb_logger()
 

@@ -10,9 +10,9 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from apm_lightning.checks import shorten
-from apm_lightning.config_files import check_config_arguments
-from apm_lightning.errors import APMError
+from apm_lightning.core.checks import shorten
+from apm_lightning.core.config_files import check_config_arguments
+from apm_lightning.core.errors import APMError
 
 # Lines of jsonargparse's union-type reports that say nothing about what to fix.
 _NOISE = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from apm_lightning.checks import check_output_dir
-from apm_lightning.errors import APMError
+from apm_lightning.core.checks import check_output_dir
+from apm_lightning.core.errors import APMError
 
 # Models whose position ids start after the padding index: RoBERTa's 514 positions hold 512 tokens.
 _OFFSET_POSITIONS = {
@@ -73,7 +73,7 @@ def _model_config(model: Any) -> Any:
         return AutoConfig.for_model(model_type, **settings) if model_type else None
     if not hparams.get("backbone"):
         return None
-    from apm_lightning.models.backbones import resolve_backbone
+    from apm_lightning.modules.hf_export import resolve_backbone
 
     return AutoConfig.from_pretrained(
         resolve_backbone(hparams["backbone"]), trust_remote_code=bool(hparams.get("trust_remote_code"))

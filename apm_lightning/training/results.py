@@ -9,14 +9,11 @@ Runners, sweeps and reports read these files and nothing else, so the keys are s
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 PACKAGES = (
     "apm-lightning",
@@ -66,13 +63,3 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from apm_lightning.checks import shorten
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact
+from apm_lightning.core.checks import shorten
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact
 
 # Data settings that do not change what is trained (where files go, evaluation batching,
 # what `apm test` / `apm predict` read).

@@ -17,19 +17,16 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_text_atomic
+from apm_lightning.training.csv_logger import AppendingWriter, ResumableCSVLogger
 from apm_lightning.training.loggers import RUN_ID_FILE, _step_wandb_logger
 
 try:  # POSIX; elsewhere runs go unlocked
@@ -149,69 +146,6 @@ def _remove_empty_folders(root: Path) -> None:
         root.rmdir()
 
 
-# --- metrics.csv across resumes -------------------------------------------------------------------
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's writer deletes an existing ``metrics.csv``; this one appends to it (after
-    ``keep_before`` dropped the rows a resume redoes), and writes ``hparams.yaml`` with the
-    metrics, not before the run has started."""
-
-    def __init__(self, log_dir: str) -> None:
-        self._hparams_written: dict | None = None
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
-
-    def log_hparams(self, params: dict[str, Any]) -> None:
-        self.hparams.update(params)
-
-    def keep_before(self, step: int) -> None:
-        """Drop the rows of ``step`` and later from the file (all of them: a fresh run)."""
-        path = self.metrics_file_path
-        if not os.path.isfile(path):
-            return
-        if step <= 0:
-            os.remove(path)
-            self.metrics_keys = []
-            return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            keys = list(reader.fieldnames or [])
-            rows = [r for r in reader if not r.get("step") or int(float(r["step"])) < step]
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-
-    def save(self) -> None:
-        super().save()
-        if self.hparams and self.hparams != self._hparams_written:
-            super().log_hparams({})
-            self._hparams_written = dict(self.hparams)
-
-
-class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` whose ``metrics.csv`` survives resumes; every logged row is flushed, so a
-    kill loses none of those before the checkpoint it resumes from."""
-
-    def __init__(self, save_dir: str | Path, name: str = "csv", version: str = "") -> None:
-        super().__init__(save_dir=str(save_dir), name=name, version=version, flush_logs_every_n_steps=1)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
 # --- records written once training really starts ---------------------------------------------------
 
 
@@ -232,11 +166,7 @@ def write_run_config(folder: Path, name: str, text: str, resuming: bool) -> Path
         while (folder / f"{stem}-resume-{n}{suffix}").exists():
             n += 1
         path = folder / f"{stem}-resume-{n}{suffix}"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def _without_ckpt(config: dict) -> dict:
@@ -265,7 +195,7 @@ class RunRecords(pl.Callback):
                 # step S redoes the rows of step S and later.
                 logger.save()
                 writer = logger.experiment
-                if isinstance(writer, _AppendingWriter):
+                if isinstance(writer, AppendingWriter):
                     writer.keep_before(trainer.global_step)
         if self.wandb_run_id:
             (self.root / RUN_ID_FILE).write_text(self.wandb_run_id + "\n")

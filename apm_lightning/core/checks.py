@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 # Values quoted in error messages are cut here: a 1 MB header line must not become a 1 MB error.
 MAX_SHOWN = 200

@@ -12,19 +12,41 @@ command line or config, and where the checkpoint disagrees with them the run sto
 from __future__ import annotations
 
 import inspect
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact
 
-# apm's LightningModules: the only classes a checkpoint may name.
-MODEL_CLASSES = (
-    "apm_lightning.tasks.classification.TransformerClassifier",
-    "apm_lightning.tasks.classification.BiLSTMClassifier",
-    "apm_lightning.tasks.question_answering.QuestionAnsweringModule",
-    "apm_lightning.tasks.pretraining.PretrainingModule",
-)
+# apm's LightningModules (and any a user registers): the only classes a checkpoint may name.
+# Filled by ``register_module`` where each class is defined; nothing is imported by a name read
+# from a checkpoint.
+_MODULES: dict[str, type] = {}
+
+
+def register_module(*legacy_names: str):
+    """Class decorator: allow checkpoints to name this LightningModule (by its qualified name,
+    and by ``legacy_names``, the names earlier versions wrote into checkpoints)."""
+
+    def register(cls: type) -> type:
+        for name in (f"{cls.__module__}.{cls.__qualname__}", *legacy_names):
+            _MODULES[name] = cls
+        return cls
+
+    return register
+
+
+def model_registry() -> dict[str, type]:
+    """Qualified name (current and legacy) -> class, for every registered module."""
+    return dict(_MODULES)
+
+
+def module_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # Model arguments a checkpoint never sets: where a model (and its code) is loaded from, and the
 # permission to run that code.
 PATH_KEYS = ("backbone", "tokenizer")
@@ -35,17 +57,6 @@ LIGHTNING_KEYS = ("_instantiator", "_class_path")
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-def model_registry() -> dict[str, type]:
-    """Qualified name -> class, for the names in ``MODEL_CLASSES`` (imported here, by name in
-    the source, not from a string)."""
-    from apm_lightning.tasks.classification import BiLSTMClassifier, TransformerClassifier
-    from apm_lightning.tasks.pretraining import PretrainingModule
-    from apm_lightning.tasks.question_answering import QuestionAnsweringModule
-
-    classes = (TransformerClassifier, BiLSTMClassifier, QuestionAnsweringModule, PretrainingModule)
-    return {f"{cls.__module__}.{cls.__qualname__}": cls for cls in classes}
-
-
 def checkpoint_model_name(checkpoint: dict[str, Any], source: str) -> str | None:
     """The model class a checkpoint names (``apm.module``, else Lightning's ``_class_path``),
     checked against ``MODEL_CLASSES``; None when it names none."""
@@ -53,11 +64,11 @@ def checkpoint_model_name(checkpoint: dict[str, Any], source: str) -> str | None
     hparams = checkpoint.get("hyper_parameters") or {}
     names = [n for n in (info.get("module"), hparams.get("_class_path")) if n is not None]
     for name in names:
-        if not isinstance(name, str) or name not in MODEL_CLASSES:
+        if not isinstance(name, str) or name not in _MODULES:
+            known = sorted({cls.__qualname__ for cls in _MODULES.values()})
             raise APMError(
                 f"checkpoint {source} names the model class {name!r}, which is not one of apm's "
-                f"({', '.join(n.rsplit('.', 1)[-1] for n in MODEL_CLASSES)}); apm never imports a class "
-                "a checkpoint names"
+                f"({', '.join(known)}); apm never imports a class a checkpoint names"
             )
     instantiator = hparams.get("_instantiator")
     if instantiator not in (None, LIGHTNING_INSTANTIATOR):
@@ -65,17 +76,17 @@ def checkpoint_model_name(checkpoint: dict[str, Any], source: str) -> str | None
             f"checkpoint {source} names the instantiator {instantiator!r}, not Lightning's; apm never "
             "imports what a checkpoint names"
         )
-    if len(set(names)) > 1:
+    if len({_MODULES[n] for n in names}) > 1:
         raise APMError(f"checkpoint {source} names two model classes ({' and '.join(names)}): not apm's")
     return names[0] if names else None
 
 
 def model_class(checkpoint: dict[str, Any], source: str) -> type:
-    """The apm LightningModule class of a checkpoint (one of ``MODEL_CLASSES``)."""
+    """The registered LightningModule class a checkpoint names."""
     name = checkpoint_model_name(checkpoint, source)
     if name is None:
         raise APMError(f"{source} was not written by apm-lightning (no 'apm' section)")
-    return model_registry()[name]
+    return _MODULES[name]
 
 
 def checkpoint_hparams(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -172,3 +183,42 @@ def load_module(checkpoint: dict[str, Any], source: str) -> Any:
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     return module
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _refused_global(err: Exception) -> str | None:
+    """What weights_only loading refused ("Unsupported global: GLOBAL builtins.exec ..."): torch's
+    own text is a paragraph with terminal escapes, and its first line names no reason."""
+    for line in _ANSI.sub("", str(err)).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].rstrip(".")
+    return None
+
+
+def verify_checkpoint(path: str, allow_unsafe: bool = False) -> dict:
+    """Load a checkpoint file safely, or fail with one clear line."""
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise APMError(f"checkpoint not found: {file}")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=not allow_unsafe)
+    except Exception as err:
+        refused = _refused_global(err)
+        if refused:
+            raise APMError(
+                f"checkpoint {file} could not be read safely: it holds pickled objects or code "
+                f"({refused}); pass --allow_unsafe_checkpoints true only for a file you trust"
+            ) from None
+        text = _ANSI.sub("", str(err)).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise APMError(
+            f"checkpoint {file} could not be read ({first}); it may be truncated or not a "
+            f"checkpoint (pass --allow_unsafe_checkpoints true only for a file you trust)"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise APMError(f"checkpoint {file} has no state_dict: not a Lightning checkpoint")
+    return checkpoint

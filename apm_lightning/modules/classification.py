@@ -1,8 +1,8 @@
 """GLUE classification and regression as LightningModules.
 
-``GlueTaskModule`` holds what every GLUE model shares: the task (taken from the data module when
-not given), the loss, the GLUE metrics per validation split, AdamW with the usual no-decay groups,
-linear warm-up and decay, and the checks that refuse a checkpoint of another task or model.
+``ClassifierModule`` holds what every classifier shares: the task (taken from the data module
+when not given), the loss, the task's metrics per validation split, and the check that refuses a
+checkpoint of another task (optimisation and the other checkpoint checks are ``APMModule``'s).
 A model is one subclass that says how text is encoded (``build_encoder``), what the network is
 (``build_network``) and how a batch becomes logits (``forward``).
 """
@@ -12,16 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact_text
+from apm_lightning.core.trust import register_module
 from apm_lightning.data.glue_tasks import GlueTask, get_task
-from apm_lightning.errors import APMError
 from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
-from apm_lightning.redact import redact, redact_text
+from apm_lightning.modules.base import APMModule
 
 
 def _split_suffix(split: str) -> str:
@@ -30,42 +31,8 @@ def _split_suffix(split: str) -> str:
     return "_" + rest[1] if len(rest) == 2 else ""
 
 
-def adamw(groups: list[dict], **kwargs: Any) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where torch has one for the parameters' device (CPU and CUDA
-    since torch 2.4): one kernel for all tensors instead of a Python loop over them."""
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, **kwargs)
-
-
-def adamw_linear_schedule(module: pl.LightningModule) -> dict[str, Any]:
-    """AdamW (no decay on biases and normalisation weights, BERT's recipe) with linear warm-up
-    (``warmup_steps``, else ``warmup_ratio`` of the run) then linear decay to zero, stepped every
-    optimizer step; hyper-parameters from ``module.hparams``."""
-    from transformers import get_linear_schedule_with_warmup
-
-    hparams = module.hparams
-    decay, no_decay = [], []
-    for param in module.parameters():  # shared parameters (ELECTRA's embeddings) come once
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    optimizer = adamw(
-        [{"params": decay, "weight_decay": hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=hparams.learning_rate,
-        eps=hparams.adam_epsilon,
-    )
-    total = max(1, int(module.trainer.estimated_stepping_batches))
-    warmup = hparams.warmup_steps if hparams.warmup_steps is not None else int(hparams.warmup_ratio * total)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class GlueTaskModule(pl.LightningModule):
-    # Hyper-parameters that must agree between a checkpoint and the module loading it.
-    identity_keys: tuple[str, ...] = ()
-    # What picks the best checkpoint (the CLI reads this).
-    checkpoint_monitor = ("val/main", "max")
+class ClassifierModule(APMModule):
+    """Base of the classification and regression models: the task, its loss and metrics."""
 
     def __init__(
         self,
@@ -84,9 +51,6 @@ class GlueTaskModule(pl.LightningModule):
         self._updated: set[str] = set()
 
     # --- what a model provides -----------------------------------------------------------
-    def build_encoder(self, datamodule) -> Any:
-        raise NotImplementedError
-
     def build_network(self) -> nn.Module:
         raise NotImplementedError
 
@@ -94,7 +58,7 @@ class GlueTaskModule(pl.LightningModule):
         raise NotImplementedError
 
     @property
-    def task_name(self) -> str | None:
+    def results_label(self) -> str | None:
         return self.glue_task.name if self.glue_task else None
 
     # --- set-up ------------------------------------------------------------------------
@@ -219,40 +183,12 @@ class GlueTaskModule(pl.LightningModule):
             written.append(path)
         return written
 
-    # --- optimisation -------------------------------------------------------------------
-    def configure_optimizers(self):
-        return adamw_linear_schedule(self)
-
     # --- checkpoints ----------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint["apm"] = {
-            "module": f"{cls.__module__}.{cls.__qualname__}",
-            "task": self.glue_task.name if self.glue_task else None,
-            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("apm")
-        if info is None:
-            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
-        cls = type(self)
-        mine = f"{cls.__module__}.{cls.__qualname__}"
-        if info["module"] != mine:
-            raise APMError(
-                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
-                f"{cls.__qualname__}; use the config it was trained with"
-            )
+    def restore_extras(self, info: dict[str, Any]) -> None:
         if self.glue_task is not None and info["task"] not in (None, self.glue_task.name):
             raise APMError(
                 f"the checkpoint was trained on task {info['task']!r}, not {self.glue_task.name!r}"
             )
-        for key, value in info.get("identity", {}).items():
-            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
-                raise APMError(
-                    f"the checkpoint's {key} is {value!r} but this run's is "
-                    f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
-                )
         # load_from_checkpoint() builds the module without data: the task comes from here.
         if self.glue_task is None and info["task"]:
             self.glue_task = get_task(info["task"])
@@ -260,7 +196,8 @@ class GlueTaskModule(pl.LightningModule):
             self.net = self.build_network()
 
 
-class TransformerClassifier(GlueTaskModule):
+@register_module("apm_lightning.tasks.classification.TransformerClassifier")
+class TransformerClassifier(ClassifierModule):
     """``AutoModelForSequenceClassification`` on any Hugging Face backbone.
 
     Args:
@@ -298,50 +235,23 @@ class TransformerClassifier(GlueTaskModule):
         if self.glue_task is not None:
             self.net = self.build_network()
 
-    def tokenizer_source(self) -> str:
-        source = self.hparams.tokenizer or self.hparams.backbone
-        if source is None:
-            raise APMError("a model built from backbone_config needs model.tokenizer (e.g. minilm)")
-        return source
-
-    def load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        from apm_lightning.models.backbones import resolve_tokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_tokenizer(self.tokenizer_source()), trust_remote_code=self.hparams.trust_remote_code
-        )
-        if tokenizer.pad_token is None:  # GPT-style tokenizers have no pad token
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    def build_encoder(self, datamodule):
-        from apm_lightning.data.encoders import JointPairEncoder
-
-        self.encoder = JointPairEncoder(self.load_tokenizer())
-        return self.encoder
-
     def build_network(self) -> nn.Module:
         from apm_lightning.models.backbones import build_sequence_classifier
+        from apm_lightning.modules.hf_export import resolve_backbone
 
         task = self.glue_task
         id2label = None if task.is_regression else dict(enumerate(task.label_names))
+        backbone = self.hparams.backbone
         net = build_sequence_classifier(
-            self.hparams.backbone,
+            resolve_backbone(backbone) if backbone and self.hparams.backbone_config is None else backbone,
             self.hparams.backbone_config,
             task.num_labels,
             id2label,
             self.hparams.trust_remote_code,
         )
         if self.encoder is not None:
-            tokenizer = self.encoder.tokenizer
-            if len(tokenizer) > net.config.vocab_size:
-                raise APMError(
-                    f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                    f"{net.config.vocab_size}; raise backbone_config.vocab_size or change tokenizer"
-                )
-            net.config.pad_token_id = tokenizer.pad_token_id
+            self.check_vocabulary(self.encoder.tokenizer, net.config)
+            net.config.pad_token_id = self.encoder.tokenizer.pad_token_id
         return net
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -356,7 +266,8 @@ class TransformerClassifier(GlueTaskModule):
         self.load_tokenizer().save_pretrained(out_dir)
 
 
-class BiLSTMClassifier(GlueTaskModule):
+@register_module("apm_lightning.tasks.classification.BiLSTMClassifier")
+class BiLSTMClassifier(ClassifierModule):
     """The BiLSTM baseline of the GLUE paper: word embeddings (optionally GloVe), a 2-layer
     BiLSTM with max pooling, pair features ``[u; v; |u-v|; u*v]`` and an MLP head.
 
@@ -446,11 +357,10 @@ class BiLSTMClassifier(GlueTaskModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["input_ids_a"], batch.get("input_ids_b"))
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_extras(self) -> dict[str, Any]:
         from apm_lightning.models.bilstm import word_tokenizer_to_json
 
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["apm"]["word_tokenizer"] = word_tokenizer_to_json(self.tokenizer)
+        return {"word_tokenizer": word_tokenizer_to_json(self.tokenizer)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from apm_lightning.models.bilstm import word_tokenizer_from_json

@@ -26,16 +26,16 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from apm_lightning.errors import APMError
-from apm_lightning.redact import redact
-from apm_lightning.tasks.classification import adamw_linear_schedule
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.seeds import run_seed
+from apm_lightning.core.trust import register_module
+from apm_lightning.modules.base import APMModule
 
 OBJECTIVES = ("mlm", "clm", "electra")
 ATTENTIONS = ("auto", "bidirectional", "causal")
@@ -148,7 +148,8 @@ def _mlm_parts(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     return base, None
 
 
-class PretrainingModule(pl.LightningModule):
+@register_module("apm_lightning.tasks.pretraining.PretrainingModule")
+class PretrainingModule(APMModule):
     """Pretrain (or keep pretraining) a Transformer with MLM, CLM or ELECTRA.
 
     Args:
@@ -218,23 +219,13 @@ class PretrainingModule(pl.LightningModule):
         self.perplexity = Perplexity(ignore_index=IGNORE) if objective == "clm" else None
 
     @property
-    def task_name(self) -> str:
+    def results_label(self) -> str:
         return f"pretrain-{self.hparams.objective}"
 
     # ------------------------------------------------------------------ building
     def load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        from apm_lightning.models.backbones import resolve_tokenizer
-
-        source = self.hparams.tokenizer or self.hparams.backbone
-        if source is None:
-            raise APMError("a model built from backbone_config needs model.tokenizer (a folder or 'minilm')")
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_tokenizer(source), trust_remote_code=self.hparams.trust_remote_code
-        )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = super().load_tokenizer()
+        source = self.tokenizer_source()
         needs_mask = self.hparams.objective in ("mlm", "electra")
         if needs_mask and tokenizer.mask_token_id is None:
             raise APMError(
@@ -246,7 +237,7 @@ class PretrainingModule(pl.LightningModule):
     def _config(self):
         from transformers import AutoConfig
 
-        from apm_lightning.models.backbones import resolve_backbone
+        from apm_lightning.modules.hf_export import resolve_backbone
 
         if self.hparams.backbone_config is not None:
             settings = dict(self.hparams.backbone_config)
@@ -261,11 +252,7 @@ class PretrainingModule(pl.LightningModule):
             config = AutoConfig.from_pretrained(
                 resolve_backbone(self.hparams.backbone), trust_remote_code=self.hparams.trust_remote_code
             )
-        if len(self.tokenizer) > config.vocab_size:
-            raise APMError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
-                f"{config.vocab_size}; raise backbone_config.vocab_size or change the tokenizer"
-            )
+        self.check_vocabulary(self.tokenizer, config)
         config.pad_token_id = self.tokenizer.pad_token_id
         if config.model_type in DECODER_ONLY:
             if not self.causal:
@@ -281,7 +268,7 @@ class PretrainingModule(pl.LightningModule):
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
         from transformers.utils import logging as hf_logging
 
-        from apm_lightning.models.backbones import resolve_backbone
+        from apm_lightning.modules.hf_export import resolve_backbone
 
         config = self._config()
         self.vocab_size = config.vocab_size
@@ -421,7 +408,7 @@ class PretrainingModule(pl.LightningModule):
     # ------------------------------------------------------------------ loops
     def on_fit_start(self) -> None:
         # The run's seed (seed_everything: the same on every rank and on resume) keys the masks.
-        self._mask_seed = torch.initial_seed() % (2**31)
+        self._mask_seed = run_seed()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]
@@ -479,36 +466,11 @@ class PretrainingModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
 
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        return adamw_linear_schedule(self)
-
     # ------------------------------------------------------------------ checkpoints and export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint["apm"] = {
-            "module": f"{cls.__module__}.{cls.__qualname__}",
-            "task": f"pretrain-{self.hparams.objective}",
-            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
-            "tokens_seen": self.tokens_seen,
-        }
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"tokens_seen": self.tokens_seen}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("apm")
-        if info is None:
-            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
-        mine = f"{type(self).__module__}.{type(self).__qualname__}"
-        if info["module"] != mine:
-            raise APMError(
-                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
-                f"{type(self).__qualname__}; use the config it was trained with"
-            )
-        for key, value in info.get("identity", {}).items():
-            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
-                raise APMError(
-                    f"the checkpoint's {key} is {value!r} but this run's is {self.hparams.get(key)!r}; "
-                    "use the config the checkpoint was trained with"
-                )
+    def restore_extras(self, info: dict[str, Any]) -> None:
         # Resuming a fit continues the count; scoring the best checkpoint at the end of a run
         # must not roll the run's total back.
         trainer = self._trainer
@@ -530,7 +492,7 @@ class PretrainingModule(pl.LightningModule):
     def results_summary(self, run_dir: Path) -> dict[str, Any]:
         """What ``apm pretrain`` adds to results.json (rank zero, after the best checkpoint was
         scored): the tokens trained on and the exported Hugging Face folder."""
-        from apm_lightning.export import export_module
+        from apm_lightning.modules.hf_export import export_module
 
         folder = export_module(self, run_dir / "hf", overwrite=True)
         return {

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from apm_lightning.checks import not_a_file_reason, shorten
-from apm_lightning.errors import APMError
+from apm_lightning.core.checks import not_a_file_reason, shorten
+from apm_lightning.core.errors import APMError
 
 
 def read_config_file(path: str | Path, what: str = "config file") -> dict[str, Any]:

@@ -17,7 +17,7 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
 
 SUFFIXES = (".yaml", ".yml")
 # The folder name the recipes have in a checkout; written before a short name, it is dropped.

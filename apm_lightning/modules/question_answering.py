@@ -25,14 +25,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from apm_lightning.errors import APMError
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.trust import register_module
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
-from apm_lightning.redact import redact
-from apm_lightning.tasks.classification import GlueTaskModule, TransformerClassifier
+from apm_lightning.modules.base import APMModule
 
 # One evaluation feature: (question index, context offsets, start logits, end logits).
 Feature = tuple[int, list, np.ndarray, np.ndarray]
@@ -83,7 +82,7 @@ def build_qa_network(backbone: str | None, backbone_config: dict[str, Any] | Non
     from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
     from transformers.utils import logging as hf_logging
 
-    from apm_lightning.models.backbones import resolve_backbone
+    from apm_lightning.modules.hf_export import resolve_backbone
 
     if backbone_config is not None:
         settings = dict(backbone_config)
@@ -112,7 +111,8 @@ def build_qa_network(backbone: str | None, backbone_config: dict[str, Any] | Non
     return net.train()
 
 
-class QuestionAnsweringModule(pl.LightningModule):
+@register_module("apm_lightning.tasks.question_answering.QuestionAnsweringModule")
+class QuestionAnsweringModule(APMModule):
     """Span extraction for SQuAD v1.1 and v2.0.
 
     Args:
@@ -127,7 +127,6 @@ class QuestionAnsweringModule(pl.LightningModule):
     """
 
     identity_keys = ("backbone", "backbone_config")
-    checkpoint_monitor = ("val/main", "max")
 
     def __init__(
         self,
@@ -158,20 +157,9 @@ class QuestionAnsweringModule(pl.LightningModule):
         self.encoder = None
         self._features: list[Feature] = []
 
-    # The tokenizer and optimiser recipes are the GLUE Transformer's (same hyper-parameter names).
-    tokenizer_source = TransformerClassifier.tokenizer_source
-    load_tokenizer = TransformerClassifier.load_tokenizer
-    configure_optimizers = GlueTaskModule.configure_optimizers
-
     @property
-    def task_name(self) -> str | None:
+    def results_label(self) -> str | None:
         return f"squad_v{self.version}" if self.version else None
-
-    def build_encoder(self, datamodule) -> Any:
-        from apm_lightning.data.encoders import JointPairEncoder
-
-        self.encoder = JointPairEncoder(self.load_tokenizer())
-        return self.encoder
 
     # --- set-up ------------------------------------------------------------------------
     def _bind_version(self, version: int) -> None:
@@ -189,13 +177,8 @@ class QuestionAnsweringModule(pl.LightningModule):
         if self.version is None:
             raise APMError("the model has no SQuAD version: give it a SQuADDataModule")
         if self.encoder is not None:
-            tokenizer = self.encoder.tokenizer
-            if len(tokenizer) > self.net.config.vocab_size:
-                raise APMError(
-                    f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                    f"{self.net.config.vocab_size}; raise backbone_config.vocab_size or change tokenizer"
-                )
-            self.net.config.pad_token_id = tokenizer.pad_token_id
+            self.check_vocabulary(self.encoder.tokenizer, self.net.config)
+            self.net.config.pad_token_id = self.encoder.tokenizer.pad_token_id
 
     # --- training and evaluation -----------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -280,7 +263,7 @@ class QuestionAnsweringModule(pl.LightningModule):
         """``predictions.json`` ({question id: answer text}, the official format) and, for
         v2.0, ``null_odds.json`` ({question id: null-score difference}) for the official
         script's ``--na-prob-file``."""
-        from apm_lightning.training.results import write_json_atomic
+        from apm_lightning.core.files import write_json_atomic
 
         examples = self._questions("predict")
         features = [f for outputs in groups for out in outputs for f in out["features"]]
@@ -297,31 +280,10 @@ class QuestionAnsweringModule(pl.LightningModule):
         return written
 
     # --- checkpoints ----------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint["apm"] = {
-            "module": f"{cls.__module__}.{cls.__qualname__}",
-            "task": self.task_name,
-            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
-            "null_threshold": self.null_threshold,
-        }
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"null_threshold": self.null_threshold}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("apm")
-        if info is None:
-            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
-        cls = type(self)
-        if info["module"] != f"{cls.__module__}.{cls.__qualname__}":
-            raise APMError(
-                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
-                f"{cls.__qualname__}; use the config it was trained with"
-            )
-        for key, value in info.get("identity", {}).items():
-            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
-                raise APMError(
-                    f"the checkpoint's {key} is {value!r} but this run's is "
-                    f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
-                )
+    def restore_extras(self, info: dict[str, Any]) -> None:
         task = info.get("task")
         if task and self.version == 2 and task == "squad_v1":
             raise APMError(

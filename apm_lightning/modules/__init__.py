@@ -1,0 +1,11 @@
+"""apm's LightningModules: what is trained (classification, question answering, pretraining).
+
+Importing the package registers each module class with ``apm_lightning.core.trust``, the only
+classes a checkpoint may name.
+"""
+
+from apm_lightning.modules.classification import BiLSTMClassifier, TransformerClassifier
+from apm_lightning.modules.pretraining import PretrainingModule
+from apm_lightning.modules.question_answering import QuestionAnsweringModule
+
+__all__ = ["BiLSTMClassifier", "PretrainingModule", "QuestionAnsweringModule", "TransformerClassifier"]

@@ -1,0 +1,140 @@
+"""``APMModule``: what every apm LightningModule shares.
+
+- Optimisation: AdamW (fused where torch has the kernel) with BERT's no-decay groups, linear
+  warm-up (``warmup_steps``, else ``warmup_ratio`` of the run) and linear decay to zero, stepped
+  every optimizer step. A subclass declares the five settings in its own signature, with its own
+  defaults, so that ``--print_config`` and the checkpoint show them.
+- Checkpoint identity: ``on_save_checkpoint`` writes an ``apm`` section (the module's class, its
+  ``results_label``, the ``identity_keys`` hyper-parameters, plus ``checkpoint_extras``), and
+  ``on_load_checkpoint`` refuses a checkpoint of another class or identity in one line, then
+  hands the section to ``restore_extras``.
+- Backbones and tokenizers: ``tokenizer_source``/``load_tokenizer``/``build_encoder`` and the
+  vocabulary check, for every Hugging Face backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from apm_lightning.core.errors import APMError
+from apm_lightning.core.redact import redact
+from apm_lightning.core.trust import model_registry, module_name
+
+
+def adamw(groups: list[dict], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for the parameters' device (CPU and CUDA
+    since torch 2.4): one kernel for all tensors instead of a Python loop over them."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def adamw_linear_schedule(module: pl.LightningModule) -> dict[str, Any]:
+    """AdamW (no decay on biases and normalisation weights, BERT's recipe) with linear warm-up
+    then linear decay to zero; hyper-parameters from ``module.hparams``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    hparams = module.hparams
+    decay, no_decay = [], []
+    for param in module.parameters():  # shared parameters (ELECTRA's embeddings) come once
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    optimizer = adamw(
+        [{"params": decay, "weight_decay": hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=hparams.learning_rate,
+        eps=hparams.adam_epsilon,
+    )
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = hparams.warmup_steps if hparams.warmup_steps is not None else int(hparams.warmup_ratio * total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class APMModule(pl.LightningModule):
+    # Hyper-parameters that must agree between a checkpoint and the module loading it.
+    identity_keys: tuple[str, ...] = ()
+    # What picks the best checkpoint (the CLI reads this).
+    checkpoint_monitor: tuple[str, str] = ("val/main", "max")
+
+    @property
+    def results_label(self) -> str | None:
+        """What ``results.json`` names as the run's task (``sst2``, ``squad_v2``, ``pretrain-mlm``)."""
+        return None
+
+    # --- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self):
+        return adamw_linear_schedule(self)
+
+    # --- backbones and tokenizers ---------------------------------------------------------
+    def tokenizer_source(self) -> str:
+        source = self.hparams.get("tokenizer") or self.hparams.get("backbone")
+        if source is None:
+            raise APMError("a model built from backbone_config needs model.tokenizer (a folder or 'minilm')")
+        return source
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        from apm_lightning.modules.hf_export import resolve_tokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_tokenizer(self.tokenizer_source()),
+            trust_remote_code=self.hparams.get("trust_remote_code", False),
+        )
+        if tokenizer.pad_token is None:  # GPT-style tokenizers have no pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def build_encoder(self, datamodule: Any) -> Any:
+        """How the data module turns text into this model's inputs (the handshake)."""
+        from apm_lightning.data.encoders import JointPairEncoder
+
+        self.encoder = JointPairEncoder(self.load_tokenizer())
+        return self.encoder
+
+    @staticmethod
+    def check_vocabulary(tokenizer: Any, config: Any) -> None:
+        """A tokenizer larger than the model's embedding table would index past it."""
+        if len(tokenizer) > config.vocab_size:
+            raise APMError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                f"{config.vocab_size}; raise backbone_config.vocab_size or change the tokenizer"
+            )
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What a subclass adds to the checkpoint's ``apm`` section."""
+        return {}
+
+    def restore_extras(self, info: dict[str, Any]) -> None:
+        """Read back what ``checkpoint_extras`` wrote (after the identity checks passed)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["apm"] = {
+            "module": module_name(type(self)),
+            "task": self.results_label,
+            "identity": {k: self.hparams.get(k) for k in self.identity_keys},
+            **self.checkpoint_extras(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("apm")
+        if info is None:
+            raise APMError("the checkpoint was not written by apm-lightning (no 'apm' section)")
+        # The registry maps names of earlier versions (apm_lightning.tasks.*) to today's class.
+        if model_registry().get(info["module"]) is not type(self):
+            raise APMError(
+                f"the checkpoint holds a {info['module'].rsplit('.', 1)[-1]} model, not a "
+                f"{type(self).__qualname__}; use the config it was trained with"
+            )
+        for key, value in info.get("identity", {}).items():
+            if redact(self.hparams.get(key)) != redact(value):  # stored redacted
+                raise APMError(
+                    f"the checkpoint's {key} is {value!r} but this run's is "
+                    f"{self.hparams.get(key)!r}; use the config the checkpoint was trained with"
+                )
+        self.restore_extras(info)
