@@ -363,6 +363,25 @@ def test_export_loads_with_auto_class(tmp_path):
     before = sorted(p.name for p in out.iterdir())
     assert apm("export", results["best_checkpoint"], out) == 2
     assert sorted(p.name for p in out.iterdir()) == before
+    # The model card: task, data, recipe, the run's dev scores, versions; hub metadata on top.
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "pipeline_tag: text-classification" in card
+    assert "# mrpc (TransformerClassifier" in card and str(GLUE) in card
+    assert f"| main | {results['metrics']['main']:.4f} |" in card and "| `learning_rate` |" in card
+    assert f"- transformers {results['versions']['transformers']}" in card
+
+
+def test_export_push_to_hub_offline_is_one_line_and_keeps_the_export(tmp_path, monkeypatch, capsys):
+    results = fit("mrpc", tmp_path / "run", GLUE)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hf"
+    assert apm("export", results["best_checkpoint"], out, "--push-to-hub", "someone/mrpc-tiny") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("apm: error: cannot push to someone/mrpc-tiny") and "offline mode" in err[-1]
+    assert f"hf upload someone/mrpc-tiny {out}" in err[-1]
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert apm("export", results["best_checkpoint"], tmp_path / "x", "--push-to-hub", "noslash") == 2
+    assert "repository id such as user/name" in capsys.readouterr().err
 
 
 def test_validate_checkpoint(tmp_path, capsys):

@@ -77,9 +77,11 @@ def export_checkpoint(
     return export_module(load_module_from_checkpoint(ckpt, allow_unsafe), out, overwrite)
 
 
-def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
+def export_module(
+    module, out: str | Path, overwrite: bool = False, extra_files: dict[str, str] | None = None
+) -> Path:
     """Write ``module``'s Hugging Face folder to ``out`` (new, empty, or an earlier export
-    replaced on request)."""
+    replaced on request), plus ``extra_files`` (name -> text, e.g. the model card)."""
     out = Path(out)
     check_export_target(out, overwrite)
     if not hasattr(module, "export_hf"):
@@ -93,6 +95,8 @@ def export_module(module, out: str | Path, overwrite: bool = False) -> Path:
     try:
         module.export_hf(str(tmp))
         strip_remote_code(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
         (tmp / MARKER).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
     except Exception:
