@@ -365,7 +365,9 @@ def test_export_loads_with_auto_class(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before
     # The model card: task, data, recipe, the run's dev scores, versions; hub metadata on top.
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\n") and "pipeline_tag: text-classification" in card
+    assert (
+        card.startswith("---\nlibrary_name: transformers\n") and "pipeline_tag: text-classification" in card
+    )
     assert "# mrpc (TransformerClassifier" in card and str(GLUE) in card
     assert f"| main | {results['metrics']['main']:.4f} |" in card and "| `learning_rate` |" in card
     assert f"- transformers {results['versions']['transformers']}" in card
