@@ -34,15 +34,9 @@ def _split_suffix(split: str) -> str:
 class ClassifierModule(APMModule):
     """Base of the classification and regression models: the task, its loss and metrics."""
 
-    def __init__(
-        self,
-        task: str | None = None,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
-    ) -> None:
+    def __init__(self, task: str | None = None) -> None:
+        # The optimizer settings are the subclass's arguments (its own defaults), saved as
+        # hyper-parameters by the subclass and read by APMModule.configure_optimizers.
         super().__init__()
         self.glue_task: GlueTask | None = get_task(task) if task else None
         self.net: nn.Module | None = None
@@ -224,7 +218,7 @@ class TransformerClassifier(ClassifierModule):
         adam_epsilon: float = 1e-8,
         trust_remote_code: bool = False,
     ) -> None:
-        super().__init__(task, learning_rate, weight_decay, warmup_ratio, warmup_steps, adam_epsilon)
+        super().__init__(task)
         # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
         self.save_hyperparameters(ignore=["task"])
         from apm_lightning.models.backbones import check_backbone_choice
@@ -298,7 +292,7 @@ class BiLSTMClassifier(ClassifierModule):
         warmup_steps: int | None = None,
         adam_epsilon: float = 1e-8,
     ) -> None:
-        super().__init__(task, learning_rate, weight_decay, warmup_ratio, warmup_steps, adam_epsilon)
+        super().__init__(task)
         from apm_lightning.models.bilstm import PRESETS
 
         if preset not in PRESETS:
