@@ -9,6 +9,7 @@ so ``apm --help`` answers at once.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,18 @@ Data: --data.data_dir DIR, or $APM_DATA_DIR (a folder with glue/, squad/, corpus
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # ``apm pretrain`` is ``apm fit`` with a pretraining config: same CLI, trainer layer and results.
 ALIASES = {"pretrain": "fit"}
+# The other commands: (module, function taking the remaining arguments). Each is imported only
+# when it runs, so ``apm --help`` stays free of torch.
+COMMANDS = {
+    "export": ("apm_lightning.export", "export_main"),
+    "demo": ("apm_lightning.demo", "demo_main"),
+    "glue": ("apm_lightning.runners.glue", "glue_main"),
+    "compare": ("apm_lightning.runners.compare", "compare_main"),
+    "report": ("apm_lightning.reports.report", "report_main"),
+    "sweep": ("apm_lightning.runners.sweep", "sweep_main"),
+    "configs": ("apm_lightning.core.recipes", "configs_main"),
+    "tokenizer": ("apm_lightning.data.tokenizer_training", "tokenizer_main"),
+}
 
 
 def _version() -> str:
@@ -76,40 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             from apm_lightning.training.cli import run_lightning_cli
 
             run_lightning_cli([command, *resolve_config_args(rest)])
-        elif command == "export":
-            from apm_lightning.export import export_main
-
-            export_main(rest)
-        elif command == "demo":
-            from apm_lightning.demo import demo_main
-
-            demo_main(rest)
-        elif command == "glue":
-            from apm_lightning.runners.glue import glue_main
-
-            glue_main(rest)
-        elif command == "compare":
-            from apm_lightning.runners.compare import compare_main
-
-            compare_main(rest)
-        elif command == "report":
-            from apm_lightning.reports.report import report_main
-
-            report_main(rest)
-        elif command == "sweep":
-            from apm_lightning.runners.sweep import sweep_main
-
-            sweep_main(rest)
-        elif command == "configs":
-            from apm_lightning.core.recipes import configs_main
-
-            configs_main(rest)
-        elif command == "tokenizer":
-            from apm_lightning.data.tokenizer_training import tokenizer_main
-
-            tokenizer_main(rest)
+        elif command in COMMANDS:
+            module, function = COMMANDS[command]
+            getattr(importlib.import_module(module), function)(rest)
         else:
-            print(f"apm: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+            known = ", ".join([*LIGHTNING_COMMANDS, *ALIASES, *COMMANDS])
+            print(
+                f"apm: error: unknown command {command!r}: use one of {known} (apm --help)", file=sys.stderr
+            )
             return 2
     except Exception as err:
         # jsonargparse wraps errors raised while it instantiates classes; find ours inside.
