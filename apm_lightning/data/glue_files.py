@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from apm_lightning.core.checks import not_a_file_reason, shorten
-from apm_lightning.core.errors import APMError
+from apm_lightning.core.errors import APMError, user_error
 from apm_lightning.data.glue_tasks import GlueTask
 from apm_lightning.data.text_encoding import check_decodes, decode_error, resolve_encoding
 
@@ -205,7 +205,7 @@ def read_table(
                 fmt, data_files=str(path), split="train", cache_dir=scratch, keep_in_memory=True, **kwargs
             )
     except Exception as err:  # datasets raises many types for unreadable files
-        if codec is not None and _caused_by(err, UnicodeError):
+        if codec is not None and user_error(err, UnicodeError) is not None:
             raise decode_error(path, codec) from None
         raise APMError(f"{path}: could not be read as {fmt}: {shorten(err)}") from None
     mapping = {"text_a": "sentence1" if task.is_pair else "sentence", "label": "label"}
@@ -237,14 +237,3 @@ def read_table(
     else:
         columns["label"] = [float("nan") if task.is_regression else -1] * len(table)
     return columns
-
-
-def _caused_by(err: BaseException | None, kind: type) -> bool:
-    """Whether ``err`` or an exception it was raised from is a ``kind``."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
