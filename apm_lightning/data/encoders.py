@@ -71,3 +71,26 @@ class SeparatePairEncoder:
         if text_b is not None:
             out["input_ids_b"] = ids(text_b)
         return out
+
+
+class TextToTextEncoder:
+    """T5's input format: one sequence ``"<task> sentence1: a sentence2: b"`` (or ``"<task>
+    sentence: a"``), ending with the tokenizer's own end token; no segment ids."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prefix: str) -> None:
+        self.tokenizer = tokenizer
+        self.prefix = prefix
+        self.fingerprint = f"text-to-text-{prefix}-" + tokenizer_fingerprint(tokenizer)
+        self.pad_values = {"input_ids": tokenizer.pad_token_id or 0}
+
+    def encode(
+        self, text_a: list[str], text_b: list[str] | None, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        if text_b is None:
+            texts = [f"{self.prefix} sentence: {a}" for a in text_a]
+        else:
+            texts = [
+                f"{self.prefix} sentence1: {a} sentence2: {b}" for a, b in zip(text_a, text_b, strict=True)
+            ]
+        out = self.tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)
+        return {"input_ids": out["input_ids"]}

@@ -4,8 +4,16 @@ Importing the package registers each module class with ``apm_lightning.core.trus
 classes a checkpoint may name.
 """
 
-from apm_lightning.modules.classification import BiLSTMClassifier, TransformerClassifier
+from apm_lightning.modules.bilstm_classifier import BiLSTMClassifier
+from apm_lightning.modules.classification import TransformerClassifier
 from apm_lightning.modules.pretraining import PretrainingModule
 from apm_lightning.modules.question_answering import QuestionAnsweringModule
+from apm_lightning.modules.text_to_text import TextToTextClassifier
 
-__all__ = ["BiLSTMClassifier", "PretrainingModule", "QuestionAnsweringModule", "TransformerClassifier"]
+__all__ = [
+    "BiLSTMClassifier",
+    "PretrainingModule",
+    "QuestionAnsweringModule",
+    "TextToTextClassifier",
+    "TransformerClassifier",
+]

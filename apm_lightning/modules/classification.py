@@ -1,4 +1,5 @@
-"""GLUE classification and regression as LightningModules.
+"""Classification and regression as LightningModules (the BiLSTM baseline is in
+``bilstm_classifier.py``, text-to-text models in ``text_to_text.py``).
 
 ``ClassifierModule`` holds what every classifier shares: the task (taken from the data module
 when not given), the loss, the task's metrics per validation split, and the check that refuses a
@@ -18,7 +19,6 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from apm_lightning.core.errors import APMError
-from apm_lightning.core.redact import redact_text
 from apm_lightning.core.trust import register_module
 from apm_lightning.data.glue_tasks import GlueTask, get_task
 from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
@@ -96,18 +96,30 @@ class ClassifierModule(APMModule):
         return F.cross_entropy(logits, labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch), batch["label"])
+        loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["label"].shape[0])
         return loss
 
+    # How a batch is scored; a text-to-text model overrides these (it generates its labels).
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(self(batch), batch["label"])
+
+    def scored_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, predictions: class ids, or scores for regression) of an evaluation batch."""
+        logits = self(batch)
+        return self.loss(logits, batch["label"]), predictions_from_logits(self.glue_task, logits)
+
+    def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return predictions_from_logits(self.glue_task, self(batch))
+
     def _eval_step(self, prefix: str, stage: str, batch, dataloader_idx: int) -> None:
         split = self.eval_splits[stage][dataloader_idx]
-        logits = self(batch)
         labels = batch["label"]
         if split not in self._metrics:
             raise APMError(f"split {split!r} has no labels to score; use apm predict for it")
-        self._losses[split].update(self.loss(logits, labels), weight=labels.shape[0])
-        self._metrics[split].update(predictions_from_logits(self.glue_task, logits), labels)
+        loss, predictions = self.scored_batch(batch)
+        self._losses[split].update(loss, weight=labels.shape[0])
+        self._metrics[split].update(predictions, labels)
         self._updated.add(split)
 
     def _eval_epoch_end(self, prefix: str, stage: str) -> None:
@@ -149,11 +161,10 @@ class ClassifierModule(APMModule):
         self._eval_epoch_end("test", "test")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        logits = self(batch)
         return {
             "split": self.eval_splits["predict"][dataloader_idx],
             "idx": batch["idx"].tolist(),
-            "prediction": predictions_from_logits(self.glue_task, logits).tolist(),
+            "prediction": self.predict_batch(batch).tolist(),
         }
 
     def write_predictions(self, groups: list[list[dict]], out_dir: Path) -> list[Path]:
@@ -246,7 +257,24 @@ class TransformerClassifier(ClassifierModule):
         if self.encoder is not None:
             self.check_vocabulary(self.encoder.tokenizer, net.config)
             net.config.pad_token_id = self.encoder.tokenizer.pad_token_id
+        if net.config.is_encoder_decoder:
+            self._set_decoder_tokens(net.config)
         return net
+
+    def _set_decoder_tokens(self, config: Any) -> None:
+        """An encoder-decoder classifier (T5, BART) pools the decoder's state at the last
+        end-of-sequence token, and starts its decoder from ``decoder_start_token_id``: both must
+        be tokens this tokenizer writes (a BERT vocabulary ends sequences with [SEP])."""
+        tokenizer = self.encoder.tokenizer if self.encoder is not None else self.load_tokenizer()
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if eos is None:
+            raise APMError(
+                "an encoder-decoder classifier needs a tokenizer with an end-of-sequence or [SEP] token"
+            )
+        config.eos_token_id = eos
+        config.pad_token_id = tokenizer.pad_token_id
+        if getattr(config, "decoder_start_token_id", None) is None:
+            config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -258,114 +286,3 @@ class TransformerClassifier(ClassifierModule):
         """Save a folder that ``AutoModelForSequenceClassification.from_pretrained`` loads."""
         self.net.save_pretrained(out_dir, safe_serialization=True)
         self.load_tokenizer().save_pretrained(out_dir)
-
-
-@register_module("apm_lightning.tasks.classification.BiLSTMClassifier")
-class BiLSTMClassifier(ClassifierModule):
-    """The BiLSTM baseline of the GLUE paper: word embeddings (optionally GloVe), a 2-layer
-    BiLSTM with max pooling, pair features ``[u; v; |u-v|; u*v]`` and an MLP head.
-
-    Args:
-        preset: ``paper`` (300D embeddings, 1500D per direction, 512D MLP) or ``cpu`` (small).
-        embedding_dim / hidden_size / num_layers / mlp_hidden / dropout: override the preset.
-        vocab_size: the word vocabulary, learned from the task's training text.
-        glove_path: a GloVe-format text file to initialise the embeddings from.
-    """
-
-    identity_keys = ("preset", "embedding_dim", "hidden_size", "num_layers", "mlp_hidden", "vocab_size")
-
-    def __init__(
-        self,
-        preset: str = "cpu",
-        embedding_dim: int | None = None,
-        hidden_size: int | None = None,
-        num_layers: int | None = None,
-        mlp_hidden: int | None = None,
-        dropout: float | None = None,
-        vocab_size: int = 30000,
-        lowercase: bool = True,
-        glove_path: str | None = None,
-        task: str | None = None,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
-    ) -> None:
-        super().__init__(task)
-        from apm_lightning.models.bilstm import PRESETS
-
-        if preset not in PRESETS:
-            raise APMError(f"unknown BiLSTM preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        self.save_hyperparameters(ignore=["task"])
-        self.tokenizer = None  # built from the training text, or restored from a checkpoint
-
-    def architecture(self) -> dict[str, Any]:
-        from apm_lightning.models.bilstm import PRESETS
-
-        arch = dict(PRESETS[self.hparams.preset])
-        for key in arch:
-            if self.hparams.get(key) is not None:
-                arch[key] = self.hparams[key]
-        return arch
-
-    def build_encoder(self, datamodule):
-        from apm_lightning.data.encoders import SeparatePairEncoder
-        from apm_lightning.models.bilstm import build_word_tokenizer
-
-        if self.tokenizer is None:
-            self.tokenizer = build_word_tokenizer(
-                datamodule.training_texts(), self.hparams.vocab_size, self.hparams.lowercase
-            )
-        self.encoder = SeparatePairEncoder(self.tokenizer)
-        return self.encoder
-
-    def build_network(self) -> nn.Module:
-        from apm_lightning.models.bilstm import BiLSTMPairClassifier
-
-        if self.tokenizer is None:
-            raise APMError("the BiLSTM needs its vocabulary: train it on data or load a checkpoint")
-        return BiLSTMPairClassifier(
-            vocab_size=len(self.tokenizer),
-            num_labels=self.glue_task.num_labels,
-            pad_id=self.tokenizer.pad_token_id,
-            pair=self.glue_task.is_pair,
-            **self.architecture(),
-        )
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        # GloVe initialises a fresh run only; a resumed run restores its trained embeddings.
-        if stage == "fit" and self.hparams.glove_path and self.trainer.ckpt_path is None:
-            from apm_lightning.models.bilstm import load_glove
-
-            dim = self.architecture()["embedding_dim"]
-            matrix, found = load_glove(self.hparams.glove_path, self.tokenizer.get_vocab(), dim)
-            self.net.load_pretrained_embeddings(matrix)
-            print(
-                redact_text(
-                    f"GloVe: {found} of {len(self.tokenizer)} vocabulary words found in {self.hparams.glove_path}"
-                )
-            )
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch["input_ids_a"], batch.get("input_ids_b"))
-
-    def checkpoint_extras(self) -> dict[str, Any]:
-        from apm_lightning.models.bilstm import word_tokenizer_to_json
-
-        return {"word_tokenizer": word_tokenizer_to_json(self.tokenizer)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from apm_lightning.models.bilstm import word_tokenizer_from_json
-
-        saved = (checkpoint.get("apm") or {}).get("word_tokenizer")
-        if saved is not None:
-            stored = word_tokenizer_from_json(saved)
-            if self.tokenizer is not None and stored.get_vocab() != self.tokenizer.get_vocab():
-                raise APMError(
-                    "the checkpoint's word vocabulary differs from the one built from this data; "
-                    "use the training data the checkpoint was trained on"
-                )
-            self.tokenizer = stored
-        super().on_load_checkpoint(checkpoint)

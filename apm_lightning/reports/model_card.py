@@ -22,6 +22,7 @@ PIPELINE_TAGS = {
     "TransformerClassifier": "text-classification",
     "QuestionAnsweringModule": "question-answering",
     "PretrainingModule": "fill-mask",
+    "TextToTextClassifier": "text2text-generation",
 }
 
 
@@ -101,6 +102,7 @@ def model_card(module: Any, checkpoint: Path) -> str:
     loader = {
         "text-classification": "AutoModelForSequenceClassification",
         "question-answering": "AutoModelForQuestionAnswering",
+        "text2text-generation": "AutoModelForSeq2SeqLM",
     }.get(front.get("pipeline_tag", ""), "AutoModel")
     lines += [
         "## Use",
