@@ -104,8 +104,15 @@ def test_no_import_cycles():
     for mod in sorted(graph):
         if mod not in state:
             visit(mod, [mod])
-    # A package's __init__ that re-exports its own files is not a cycle of files.
-    cycles = [c for c in cycles if not any(m == c[0].rsplit(".", 1)[0] for m in c)]
+    # The one allowed loop: a package's __init__ that imports (registers) its own files, reached
+    # from inside the package by a function-body import that needs every class registered
+    # (modules.hf_export loading a checkpoint of any apm module).
+    packages = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    cycles = [
+        c
+        for c in cycles
+        if not any(m in packages and all(o == m or o.startswith(m + ".") for o in c) for m in c)
+    ]
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
