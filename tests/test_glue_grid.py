@@ -1,0 +1,58 @@
+"""The grid protocol's pure parts: parsing, folder names, selection by the median over seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from apm_lightning.core.errors import APMError
+from apm_lightning.runners.glue_grid import (
+    grid_rows,
+    parse_grid,
+    select,
+    setting_args,
+    setting_folder,
+    setting_label,
+)
+
+
+def test_parse_grid_is_the_product_in_the_order_written():
+    settings = parse_grid(["model.learning_rate=2e-5,3e-5", "--data.batch_size=16,32"])
+    assert settings == [
+        {"model.learning_rate": "2e-5", "data.batch_size": "16"},
+        {"model.learning_rate": "2e-5", "data.batch_size": "32"},
+        {"model.learning_rate": "3e-5", "data.batch_size": "16"},
+        {"model.learning_rate": "3e-5", "data.batch_size": "32"},
+    ]
+    assert parse_grid([]) == [{}]
+    assert setting_args(settings[1]) == ["--model.learning_rate", "2e-5", "--data.batch_size", "32"]
+    assert setting_label(settings[1]) == "learning_rate=2e-5,batch_size=32"
+    assert setting_label({}) == "recipe"
+    assert setting_folder({"model.backbone_config.hidden_size": "a/b c"}) == "hidden_size=a_b_c"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("learning_rate=1e-5", "dotted apm fit option"),
+        ("model.learning_rate", "dotted apm fit option"),
+        ("seed_everything=1,2", "dotted apm fit option"),
+        ("model.learning_rate=", "lists no values"),
+        ("model.learning_rate=1e-5,1e-5", "repeats a value"),
+    ],
+)
+def test_bad_grids_are_one_line(value, message):
+    with pytest.raises(APMError, match=message):
+        parse_grid([value])
+    with pytest.raises(APMError, match="twice"):
+        parse_grid(["model.learning_rate=1", "model.learning_rate=2"])
+
+
+def test_selection_is_by_the_median_not_the_best_seed():
+    # 5e-5 has the single best seed (0.90) but the lower median: the protocol picks 3e-5.
+    scores = {"lr=2e-5": [0.70, 0.71, 0.69], "lr=3e-5": [0.80, 0.79, 0.81], "lr=5e-5": [0.90, 0.50, 0.52]}
+    assert select(scores) == "lr=3e-5"
+    assert select({"a": [0.5], "b": [0.5]}) == "a"  # ties: the first written
+    assert select({"a": [], "b": [0.1]}) == "b" and select({"a": []}) is None
+    rows = grid_rows({"rte": scores}, {"rte": "lr=3e-5"})
+    assert [r["chosen"] for r in rows] == ["", "yes", ""]
+    assert rows[1]["score_median"] == pytest.approx(0.80) and rows[1]["n"] == 3
