@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from apm_lightning.modules.pretraining import PretrainingModule, row_keys
+from apm_lightning.modules.objectives.keyed_random import row_keys
+from apm_lightning.modules.pretraining import PretrainingModule
 
 TINY = {
     "model_type": "bert",
