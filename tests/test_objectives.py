@@ -4,13 +4,26 @@ docs/extending.md (shuffled-token detection) trains as a real ``apm pretrain`` p
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from run_options import QUIET
 
 from apm_lightning.modules.objectives.keyed_random import row_keys
 from apm_lightning.modules.pretraining import PretrainingModule
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = REPO / "experiments" / "pretrain"
+WIKI = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 
 TINY = {
     "model_type": "bert",
@@ -107,3 +120,141 @@ def test_losses_are_those_of_the_code_before_the_registry(name):
     for key, pinned in PINNED[name].items():
         got, want = float.fromhex(values[key]), float.fromhex(pinned)
         assert got == want if EXACT else got == pytest.approx(want, rel=1e-5), (key, got, want)
+
+
+# --------------------------------------------------------------------------- the registry
+def test_the_registry_lists_every_objective_file():
+    from apm_lightning.cli import main, objectives_declared
+    from apm_lightning.modules.objectives import objective_names
+    from apm_lightning.runners.compare import registered_objectives
+
+    names = objective_names()
+    assert names[:3] == ["mlm", "clm", "electra"] and "shuffled_tokens" in names
+    assert registered_objectives() == names
+    # apm --help reads the names from the files' source (no torch): the same set.
+    assert objectives_declared() == sorted(names)
+    assert main(["--help"]) == 0
+
+
+def test_the_module_has_no_branch_on_an_objective_name():
+    """Every objective-specific decision is the objective's: pretraining.py names none."""
+    import ast
+
+    from apm_lightning.modules import pretraining
+    from apm_lightning.modules.objectives import objective_names
+
+    tree = ast.parse(Path(pretraining.__file__).read_text(encoding="utf-8"))
+    compared = {
+        c.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)  # objective == "mlm", objective in ("mlm", "electra")
+        for c in ast.walk(node)
+        if isinstance(c, ast.Constant)
+    }
+    assert not compared & set(objective_names())
+
+
+needs_corpus = pytest.mark.skipif(not WIKI.is_file(), reason="../shared/data/corpus is missing")
+
+
+@needs_corpus
+def test_unknown_objective_or_setting_is_one_line(tmp_path, capsys):
+    from apm_lightning.cli import main
+
+    args = ["pretrain", "-c", str(PRETRAIN / "shuffled_tokens_tiny.yaml"), "--data.files", str(WIKI)]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run"), *QUIET]
+    assert main([*args, "--model.objective", "bert"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["apm: error: unknown objective 'bert': choose one of mlm, clm, electra, shuffled_tokens"]
+    assert main([*args, "--model.objective_args", '{"shuffle_rat": 0.2}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "objective shuffled_tokens has no setting shuffle_rat" in err[0]
+    assert "its settings: shuffle_rate" in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written for a refused command
+
+
+def test_a_checkpoint_naming_the_body_encoder_still_loads():
+    """Checkpoints written before the transformer body was renamed hold ``encoder.*`` keys."""
+    torch.manual_seed(0)
+    old = PretrainingModule("mlm", backbone_config=TINY, tokenizer="minilm")
+    checkpoint = {"state_dict": {}}
+    old.on_save_checkpoint(checkpoint)
+    for key, value in old.state_dict().items():
+        checkpoint["state_dict"][key.replace("body.", "encoder.", 1) if key.startswith("body.") else key] = (
+            value
+        )
+    assert any(k.startswith("encoder.") for k in checkpoint["state_dict"])
+    new = PretrainingModule("mlm", backbone_config=TINY, tokenizer="minilm")
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])  # strict: every key matches
+    assert torch.equal(
+        new.body.embeddings.word_embeddings.weight, old.net.bert.embeddings.word_embeddings.weight
+    )
+
+
+# --------------------------------------------------------------------------- the worked example
+def test_shuffled_tokens_are_keyed_permutations_within_each_block():
+    module = PretrainingModule("shuffled_tokens", backbone_config=TINY, tokenizer="minilm")
+    ids = torch.randint(1000, 30000, (64, 32), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = 101, 102
+    keys = row_keys(3, 5, torch.arange(100, 164))
+    shuffled, moved = module.objective.shuffle(ids, keys)
+    assert torch.equal(shuffled[~moved], ids[~moved]) and not moved[:, [0, -1]].any()
+    assert torch.equal(shuffled.sort(dim=1).values, ids.sort(dim=1).values)  # a permutation per row
+    assert 0.08 < moved.float().mean().item() < 0.18  # 15% chosen, less the fixed points
+    # A block is shuffled alike in any batch (any rank); another step shuffles it otherwise.
+    again, _ = module.objective.shuffle(ids[10:12], keys[10:12])
+    assert torch.equal(again, shuffled[10:12])
+    other, _ = module.objective.shuffle(ids, row_keys(3, 6, torch.arange(100, 164)))
+    assert not torch.equal(other, shuffled)
+
+
+def doc_section() -> str:
+    text = (REPO / "docs" / "extending.md").read_text(encoding="utf-8")
+    start = text.index("## A new pretraining objective")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_the_doc_shows_the_shipped_files():
+    """docs/extending.md shows the two files of the worked example verbatim."""
+    blocks = re.findall(r"^`([^`\n]+)`:\n\n```\w*\n(.*?)^```$", doc_section(), re.MULTILINE | re.DOTALL)
+    shown = dict(blocks)
+    assert set(shown) == {
+        "apm_lightning/modules/objectives/shuffled_tokens.py",
+        "apm_lightning/configs/pretrain/shuffled_tokens_tiny.yaml",
+    }
+    for path, text in shown.items():
+        assert text == (REPO / path).read_text(encoding="utf-8"), f"docs/extending.md shows an old {path}"
+
+
+@needs_corpus
+def test_the_worked_example_trains_as_a_real_apm_process(tmp_path):
+    """The doc's command, shortened to 10 tiny steps, in its own process: the loss is finite and
+    falls, and the run exports a model."""
+    command = re.search(r"```bash\n(apm pretrain .*?)\n```", doc_section(), re.DOTALL).group(1)
+    args = shlex.split(command)[1:]
+    assert args[:3] == ["pretrain", "-c", "experiments/pretrain/shuffled_tokens_tiny.yaml"]
+    args += ["--data.files", str(WIKI), "--data.max_documents=200", "--data.block_size=32"]
+    args += ["--data.batch_size=8", "--data.max_validation_blocks=16", *QUIET]
+    args += ["--model.backbone_config.hidden_size=32", "--model.backbone_config.intermediate_size=64"]
+    args += ["--trainer.max_steps=10", "--trainer.val_check_interval=5", "--trainer.log_every_n_steps=1"]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "apm_lightning", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="", encoding="utf-8") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 10 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    assert results["objective"] == "shuffled_tokens" and math.isfinite(results["val_loss"])
+    assert 0.0 <= results["metrics"]["moved_accuracy"] <= 1.0
+    assert (Path(results["hf_export"]) / "model.safetensors").is_file()

@@ -54,6 +54,8 @@ class PretrainingModule(APMModule):
         sparse_prediction: run the MLM head only at masked positions.
         generator_size: ELECTRA generator width as a fraction of the discriminator's.
         discriminator_weight: ELECTRA's lambda (50 in the paper).
+        objective_args: settings of the objective alone (its ``arguments``), e.g.
+            ``{shuffle_rate: 0.15}`` for ``shuffled_tokens``.
     """
 
     checkpoint_monitor = ("val/loss", "min")
@@ -76,6 +78,7 @@ class PretrainingModule(APMModule):
         warmup_steps: int | None = None,
         adam_epsilon: float = 1e-6,
         trust_remote_code: bool = False,
+        objective_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         chosen = objective_class(objective)  # an unknown name: one line listing the registered ones

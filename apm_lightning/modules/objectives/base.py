@@ -7,6 +7,7 @@ objective takes (``model.objective: name`` in a config then selects it). ``Pretr
 the optimizer, the loops, the keyed random draws, checkpoints, export and results. It asks its
 objective for the rest:
 
+- its own settings (``arguments``, set in a config as ``model.objective_args``);
 - the networks, built on a Hugging Face config (``build``; ``needs_mask_token``, ``causal_only``
   and ``model_type`` constrain the config and tokenizer it gets);
 - the loss and metric values of a batch (``compute``);
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, Metric
+
+from apm_lightning.core.errors import APMError
 
 if TYPE_CHECKING:
     from apm_lightning.modules.pretraining import PretrainingModule
@@ -65,9 +68,20 @@ class Objective:
     # Validation values, each averaged over batches weighted by "predicted" (``compute``'s
     # count of scored positions) or "tokens" (every position of the batch); logged as val/<name>.
     validation_weights: ClassVar[dict[str, str]] = {"loss": "predicted"}
+    # Settings of this objective alone, with their defaults; a config sets them as
+    # ``model.objective_args`` and the objective reads ``self.args``.
+    arguments: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, module: PretrainingModule) -> None:
         self.module = module
+        given = dict(module.hparams.get("objective_args") or {})
+        unknown = sorted(set(given) - set(self.arguments))
+        if unknown:
+            raise APMError(
+                f"objective {self.name} has no setting {', '.join(unknown)} (model.objective_args); "
+                f"its settings: {', '.join(self.arguments) or 'none'}"
+            )
+        self.args = {**self.arguments, **given}
 
     @property
     def hparams(self) -> Any:

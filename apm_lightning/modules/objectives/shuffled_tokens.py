@@ -1,9 +1,10 @@
 """``shuffled_tokens``: shuffled-token detection, the worked example of docs/extending.md.
 
-A share (``mask_rate``) of each block's positions is chosen and their tokens are permuted among
-themselves; a token-classification head on a BERT-style model says at every position whether
-its token moved (binary cross-entropy), as ELECTRA's discriminator does for replaced tokens.
-Which positions, and in what order, are keyed draws: the same on any rank and after a resume.
+A share (``shuffle_rate``) of each block's positions is chosen and their tokens are permuted
+among themselves; a token-classification head on a BERT-style model says at every position
+whether its token moved (binary cross-entropy), as ELECTRA's discriminator does for replaced
+tokens. Which positions, and in what order, are keyed draws: the same on any rank and after a
+resume.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def shuffle_chosen(input_ids: torch.Tensor, chosen: torch.Tensor, draws: torch.T
 @register_objective("shuffled_tokens")
 class ShuffledTokens(Objective):
     auto_model = "AutoModelForTokenClassification"
+    arguments = {"shuffle_rate": 0.15}  # a config sets it as model.objective_args.shuffle_rate
     train_metrics = ("moved_accuracy",)
     validation_weights = {"loss": "predicted", "moved_accuracy": "predicted"}
 
@@ -39,13 +41,19 @@ class ShuffledTokens(Objective):
         config.num_labels = 1  # one logit per position: moved or not
         super().build(config, pretrained)
 
+    def shuffle(
+        self, input_ids: torch.Tensor, keys: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shuffled blocks, and where a token moved (one swapped with an equal one has not)."""
+        choose, order = position_uniforms(keys, input_ids.shape, 2, input_ids.device)
+        chosen = (choose < self.args["shuffle_rate"]) & ~self.module.special[input_ids]
+        shuffled = shuffle_chosen(input_ids, chosen, order)
+        return shuffled, shuffled != input_ids
+
     def compute(
         self, input_ids: torch.Tensor, keys: torch.Tensor | None = None, metrics: bool = True
     ) -> dict[str, Any]:
-        choose, order = position_uniforms(keys, input_ids.shape, 2, input_ids.device)
-        chosen = (choose < self.hparams.mask_rate) & ~self.module.special[input_ids]
-        shuffled = shuffle_chosen(input_ids, chosen, order)
-        moved = shuffled != input_ids  # a token swapped with an equal one has not moved
+        shuffled, moved = self.shuffle(input_ids, keys)
         logits = self.module.net(input_ids=shuffled).logits.squeeze(-1)
         loss = F.binary_cross_entropy_with_logits(logits.float(), moved.float())
         out: dict[str, Any] = {"loss": loss, "predicted": moved.numel()}
