@@ -165,7 +165,9 @@ def test_unknown_objective_or_setting_is_one_line(tmp_path, capsys):
     args += ["--trainer.default_root_dir", str(tmp_path / "run"), *QUIET]
     assert main([*args, "--model.objective", "bert"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["apm: error: unknown objective 'bert': choose one of mlm, clm, electra, shuffled_tokens"]
+    assert err == [
+        "apm: error: unknown objective 'bert': choose one of mlm, clm, electra, prefix_lm, shuffled_tokens"
+    ]
     assert main([*args, "--model.objective_args", '{"shuffle_rat": 0.2}']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "objective shuffled_tokens has no setting shuffle_rat" in err[0]
@@ -258,3 +260,54 @@ def test_the_worked_example_trains_as_a_real_apm_process(tmp_path):
     assert results["objective"] == "shuffled_tokens" and math.isfinite(results["val_loss"])
     assert 0.0 <= results["metrics"]["moved_accuracy"] <= 1.0
     assert (Path(results["hf_export"]) / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- prefix LM
+def test_prefix_lm_attends_to_the_prefix_both_ways_and_to_the_past_after_it():
+    from apm_lightning.modules.objectives.prefix_lm import prefix_lengths, prefix_lm_allowed
+
+    module = PretrainingModule("prefix_lm", backbone_config=TINY, tokenizer="minilm").eval()
+    ids = torch.randint(1000, 2000, (2, 12), generator=torch.Generator().manual_seed(0))
+    prefix = torch.tensor([4, 7])
+    mask = module.objective.attention_mask(prefix_lm_allowed(prefix, 12))
+    logits = module.net(input_ids=ids, attention_mask=mask).logits
+    for row, p in enumerate(prefix.tolist()):
+        later = ids.clone()
+        later[row, p + 2] = 2000  # after the prefix: positions before it do not see the change
+        changed = module.net(input_ids=later, attention_mask=mask).logits
+        assert torch.allclose(changed[row, : p + 2], logits[row, : p + 2], atol=1e-6)
+        assert not torch.allclose(changed[row, p + 2 :], logits[row, p + 2 :], atol=1e-6)
+        inside = ids.clone()
+        inside[row, p - 1] = 2000  # the prefix's last token: its first position sees it
+        assert not torch.allclose(
+            module.net(input_ids=inside, attention_mask=mask).logits[row, 0], logits[row, 0]
+        )
+    # Keyed split points: 1 .. length - 1, the same for a block in any batch.
+    keys = row_keys(3, 5, torch.arange(2000))
+    lengths = prefix_lengths(keys, 2000, 12, keys.device)
+    assert lengths.min() == 1 and lengths.max() == 11
+    assert torch.equal(prefix_lengths(keys[7:9], 2, 12, keys.device), lengths[7:9])
+    out = module.compute(ids, keys[:2])
+    assert out["predicted"] == int((12 - lengths[:2]).sum()) and math.isfinite(out["loss"].item())
+
+
+@needs_corpus
+def test_prefix_lm_trains_and_exports(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from apm_lightning.cli import main
+
+    run = tmp_path / "run"
+    args = ["pretrain", "-c", str(PRETRAIN / "prefix_lm_tiny.yaml"), "--data.files", str(WIKI), *QUIET]
+    args += ["--data.max_documents=200", "--data.block_size=32", "--data.batch_size=8"]
+    args += ["--data.max_validation_blocks=16", "--trainer.default_root_dir", str(run)]
+    args += ["--model.backbone_config.hidden_size=32", "--model.backbone_config.intermediate_size=64"]
+    assert main([*args, "--model.attention", "causal"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prefix_lm sets its own attention mask" in err[0]
+    assert main([*args, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]) == 0
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    assert results["objective"] == "prefix_lm" and results["val_loss"] < math.log(30522) + 1.0
+    assert 0.0 <= results["metrics"]["next_token_accuracy"] <= 1.0
+    classifier = AutoModelForSequenceClassification.from_pretrained(results["hf_export"], num_labels=2)
+    assert not classifier.config.is_decoder  # fine-tuned with full attention
