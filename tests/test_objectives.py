@@ -266,6 +266,7 @@ def test_the_worked_example_trains_as_a_real_apm_process(tmp_path):
 def test_prefix_lm_attends_to_the_prefix_both_ways_and_to_the_past_after_it():
     from apm_lightning.modules.objectives.prefix_lm import prefix_lengths, prefix_lm_allowed
 
+    torch.manual_seed(0)
     module = PretrainingModule("prefix_lm", backbone_config=TINY, tokenizer="minilm").eval()
     ids = torch.randint(1000, 2000, (2, 12), generator=torch.Generator().manual_seed(0))
     prefix = torch.tensor([4, 7])
@@ -289,6 +290,12 @@ def test_prefix_lm_attends_to_the_prefix_both_ways_and_to_the_past_after_it():
     assert torch.equal(prefix_lengths(keys[7:9], 2, 12, keys.device), lengths[7:9])
     out = module.compute(ids, keys[:2])
     assert out["predicted"] == int((12 - lengths[:2]).sum()) and math.isfinite(out["loss"].item())
+    # The eager attention implementation takes the mask as additive: the same loss.
+    torch.manual_seed(0)
+    eager = {**TINY, "attn_implementation": "eager"}
+    eager = PretrainingModule("prefix_lm", backbone_config=eager, tokenizer="minilm").eval()
+    assert eager.net.config._attn_implementation == "eager"
+    assert eager.compute(ids, keys[:2])["loss"].item() == pytest.approx(out["loss"].item(), abs=1e-5)
 
 
 @needs_corpus
