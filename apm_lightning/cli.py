@@ -17,8 +17,8 @@ USAGE = """usage: apm <command> [options]
 
 commands:
   fit        train (and validate) a model:   apm fit -c experiments/glue/sst2.yaml
-  pretrain   pretrain or keep pretraining (model.objective: {objectives});
-             writes results.json and RUN_DIR/hf:
+  pretrain   pretrain or keep pretraining; writes results.json and RUN_DIR/hf
+             (model.objective: {objectives}):
              apm pretrain -c experiments/pretrain/mlm_tiny.yaml --data.files "corpus/*.txt"
   compare    the objective comparison study (tokenizer, pretraining, GLUE fine-tuning, tables):
              apm compare -c experiments/compare_objectives/cpu.yaml --out DIR
