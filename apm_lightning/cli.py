@@ -18,7 +18,8 @@ USAGE = """usage: apm <command> [options]
 
 commands:
   fit        train (and validate) a model:   apm fit -c experiments/glue/sst2.yaml
-  pretrain   pretrain or keep pretraining (mlm, clm, electra); writes results.json and RUN_DIR/hf:
+  pretrain   pretrain or keep pretraining; writes results.json and RUN_DIR/hf
+             (model.objective: {objectives}):
              apm pretrain -c experiments/pretrain/mlm_tiny.yaml --data.files "corpus/*.txt"
   compare    the objective comparison study (tokenizer, pretraining, GLUE fine-tuning, tables):
              apm compare -c experiments/compare_objectives/cpu.yaml --out DIR
@@ -41,6 +42,21 @@ Every training command takes --help for its options. Errors print one line; set 
 (or pass --debug) for the full traceback.
 Data: --data.data_dir DIR, or $APM_DATA_DIR (a folder with glue/, squad/, corpus/).
 """
+
+
+def objectives_declared() -> list[str]:
+    """The objectives registered by the files of modules/objectives/, read from their source:
+    importing them would import torch, and ``apm --help`` answers without it."""
+    import re
+
+    folder = Path(__file__).resolve().parent / "modules" / "objectives"
+    pattern = re.compile(r"""^@register_objective\(\s*["']([^"']+)["']""", re.MULTILINE)
+    return sorted(name for f in folder.glob("*.py") for name in pattern.findall(f.read_text("utf-8")))
+
+
+def usage() -> str:
+    return USAGE.replace("{objectives}", ", ".join(objectives_declared()))
+
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # ``apm pretrain`` is ``apm fit`` with a pretraining config: same CLI, trainer layer and results.
@@ -73,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("APM_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(usage(), end="")
         return 0
     if argv[0] in ("-V", "--version"):
         print(f"apm-lightning {_version()}")

@@ -134,11 +134,11 @@ def block_ids(item: Any):
 def masking_keys(batch: dict[str, Any], step: int):
     """What apm's training_step masks with: keys of (seed 0, step, block index) where the module
     has keyed masks and the batch carries block indices; else None (torch's generator)."""
-    from apm_lightning.modules import pretraining
+    from apm_lightning.modules.objectives.keyed_random import row_keys
 
-    if "index" not in batch or not hasattr(pretraining, "row_keys"):
+    if "index" not in batch:
         return None
-    return pretraining.row_keys(0, step, batch["index"])
+    return row_keys(0, step, batch["index"])
 
 
 def masking_kind(dm) -> str:
@@ -193,7 +193,7 @@ def run_hf_full_head(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, BertForMaskedLM
 
-    from apm_lightning.modules.pretraining import mask_tokens
+    from apm_lightning.modules.objectives.masking import mask_tokens
 
     dm = corpus(args)
     tok = dm.tokenizer

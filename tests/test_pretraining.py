@@ -17,14 +17,10 @@ from run_options import QUIET
 
 from apm_lightning.cli import main
 from apm_lightning.data.corpus import CorpusDataModule
-from apm_lightning.modules.pretraining import (
-    PretrainingModule,
-    electra_loss,
-    keyed_uniform,
-    mask_tokens,
-    row_keys,
-    sample_tokens,
-)
+from apm_lightning.modules.objectives.electra import electra_loss
+from apm_lightning.modules.objectives.keyed_random import keyed_uniform, row_keys
+from apm_lightning.modules.objectives.masking import mask_tokens, sample_tokens
+from apm_lightning.modules.pretraining import PretrainingModule
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus"
@@ -214,7 +210,7 @@ def test_sparse_prediction_equals_the_full_head():
     module = PretrainingModule("mlm", backbone_config=TINY, tokenizer="minilm").eval()
     ids = torch.randint(1000, 2000, (2, 24))
     inputs, labels = mask_tokens(ids, module.special, 103, 30522, 0.15, row_keys(1, 0, torch.arange(2)))
-    sparse, targets = module._mlm_logits(inputs, labels)
+    sparse, targets = module.objective.mlm_logits(inputs, labels)
     full = module.net(input_ids=inputs).logits[labels != -100]
     assert sparse.shape == (int((labels != -100).sum()), 30522)
     assert torch.allclose(sparse, full, atol=1e-5)

@@ -32,8 +32,14 @@ from apm_lightning.core.recipes import resolve_config
 from apm_lightning.reports.tables import markdown_table, write_csv
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 
-OBJECTIVE_ORDER = ("mlm", "clm", "electra")
 TEXT_OPTIONS = ("dataset", "dataset_split", "text_field", "document_split", "max_documents")
+
+
+def registered_objectives() -> list[str]:
+    """The pretraining objectives a study may name (``modules/objectives/``), in listing order."""
+    from apm_lightning.modules.objectives import objective_names
+
+    return objective_names()
 
 
 def default_data_root() -> Path:
@@ -58,9 +64,10 @@ def load_study(path: str | Path) -> dict[str, Any]:
             raise APMError(
                 f"{path}: the study needs a '{key}' section (see experiments/compare_objectives/cpu.yaml)"
             )
-    unknown = set(study["objectives"]) - set(OBJECTIVE_ORDER)
+    names = registered_objectives()
+    unknown = set(study["objectives"]) - set(names)
     if unknown:
-        raise APMError(f"{path}: unknown objective(s) {', '.join(sorted(unknown))}; use mlm, clm, electra")
+        raise APMError(f"{path}: unknown objective(s) {', '.join(sorted(unknown))}; use {', '.join(names)}")
     return study
 
 
@@ -203,7 +210,7 @@ class CompareRunner:
             raise APMError(f"corpus files not found: {', '.join(missing)} (data root: {self.data_root})")
         tokenizer = self.tokenizer()
         rows = []
-        for objective in [o for o in OBJECTIVE_ORDER if o in self.study["objectives"]]:
+        for objective in [o for o in registered_objectives() if o in self.study["objectives"]]:
             pretrained = self.pretrain(objective, tokenizer)
             glue = self.finetune(objective, pretrained["hf_export"])
             rows.append(self.row(objective, pretrained, glue))
@@ -337,7 +344,13 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="apm compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-c", "--config", required=True, help="a study YAML (experiments/compare_objectives/)")
+    p.add_argument(
+        "-c",
+        "--config",
+        required=True,
+        help="a study YAML (experiments/compare_objectives/); objectives: "
+        + ", ".join(registered_objectives()),
+    )
     p.add_argument("--out", required=True, help="output folder (running again continues it)")
     p.add_argument(
         "--data-root",
