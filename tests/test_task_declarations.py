@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apm_lightning.data.glue_tasks import get_task
+from apm_lightning.data.tasks import get_task
 from apm_lightning.runners import submission
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from apm_lightning.core.files import write_json_atomic
 from apm_lightning.core.recipes import find_recipe, recipes_root, resolve_config_args
 from apm_lightning.core.redact import redact_text
 from apm_lightning.data import sources
-from apm_lightning.data.glue_tasks import get_task
+from apm_lightning.data.tasks import get_task
 from apm_lightning.metrics.glue_score import GLUE_SCORE_TASKS, glue_score, summarize, task_score
 from apm_lightning.reports.tables import markdown_table, metric_columns, run_row, write_csv
 from apm_lightning.runners import submission
@@ -160,7 +160,7 @@ def missing_files(task: str, folder: Path, splits: list[str]) -> list[str]:
 
 def local_test_ids(task: str, folder: Path | bool | None) -> dict[str, list[int]]:
     """Server file name -> ids of the local test file, to check predictions against."""
-    from apm_lightning.data.glue_files import read_glue_tsv
+    from apm_lightning.data.task_files import read_glue_tsv
 
     if not isinstance(folder, Path):
         return {}
