@@ -100,7 +100,9 @@ def test_latin1_tsv_reads_with_encoding_option(tmp_path):
 
     body = f"{SST2_HEADER}\nit is fine\t1\nle caf\xe9 est bon\t1\n".encode("latin-1")
     root = sst2_root(tmp_path, body)
-    dm = ClassificationDataModule(task="sst2", data_dir=str(root), encoding="latin-1", cache_dir=str(tmp_path / "c"))
+    dm = ClassificationDataModule(
+        task="sst2", data_dir=str(root), encoding="latin-1", cache_dir=str(tmp_path / "c")
+    )
     assert dm.raw_split("train")["text_a"][1] == "le café est bon"
 
 

@@ -161,8 +161,8 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     from apm_lightning.core.model_paths import minilm_path
-    from apm_lightning.data.encoders import JointPairEncoder
     from apm_lightning.data.classification import ClassificationDataModule
+    from apm_lightning.data.encoders import JointPairEncoder
 
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
@@ -267,7 +267,10 @@ def test_default_run_dir_is_named_after_the_task():
     from apm_lightning.training.cli import _run_name
 
     glue = Namespace(
-        data=Namespace(class_path="apm_lightning.data.classification.ClassificationDataModule", init_args=Namespace(task="rte"))
+        data=Namespace(
+            class_path="apm_lightning.data.classification.ClassificationDataModule",
+            init_args=Namespace(task="rte"),
+        )
     )
     squad = Namespace(
         data=Namespace(class_path="apm_lightning.data.squad.SQuADDataModule", init_args=Namespace())
@@ -293,7 +296,9 @@ def test_a_warm_cache_reads_no_text_and_a_changed_file_is_checked_again(tmp_path
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     def prepared() -> glue_module.ClassificationDataModule:
-        dm = glue_module.ClassificationDataModule(task="rte", data_dir=str(tmp_path / "glue"), max_train_samples=50)
+        dm = glue_module.ClassificationDataModule(
+            task="rte", data_dir=str(tmp_path / "glue"), max_train_samples=50
+        )
         dm.encoder = JointPairEncoder(tokenizer)
         dm.check("fit")
         dm.setup("fit")

@@ -291,7 +291,9 @@ def test_apm_data_dir_env(monkeypatch, data_root):
 
 
 def test_max_samples_and_check(glue_dir):
-    dm = ClassificationDataModule(task="mrpc", data_dir=str(glue_dir), max_train_samples=10, max_eval_samples=5)
+    dm = ClassificationDataModule(
+        task="mrpc", data_dir=str(glue_dir), max_train_samples=10, max_eval_samples=5
+    )
     dm.check("fit")
     assert n_rows(dm.raw_split("train")) == 10
     assert n_rows(dm.raw_split("validation")) == 5
@@ -841,7 +843,9 @@ def test_synthetic_sst2(tmp_path):
     assert n_rows(dm.raw_split("train")) == 2000
     assert "synthetic" in dm.source_description
     with pytest.raises(APMError, match="synthetic"):
-        ClassificationDataModule(task="rte", source="synthetic", cache_dir=str(tmp_path / "cache")).raw_split("train")
+        ClassificationDataModule(task="rte", source="synthetic", cache_dir=str(tmp_path / "cache")).raw_split(
+            "train"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

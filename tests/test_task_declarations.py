@@ -34,7 +34,9 @@ def test_glue_task_settings_are_unchanged(name):
         if field == "split_order":
             assert list(task.splits) == before
         elif field == "splits":
-            assert {s: {"filename": f.filename, "labelled": f.labelled} for s, f in task.splits.items()} == before
+            assert {
+                s: {"filename": f.filename, "labelled": f.labelled} for s, f in task.splits.items()
+            } == before
         else:
             assert plain(getattr(task, field)) == before, f"{name}.{field}"
 

@@ -60,11 +60,10 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[key]
 
 
-def task_data(task: TaskSpec) -> dict:
-    """A task as plain data that :func:`task_from_data` turns back into it (for checkpoints)."""
-    import dataclasses
-
-    return dataclasses.asdict(task)
+def task_file(name: str) -> Path | None:
+    """The file that declared the registered task ``name``, if a user's file did (else None)."""
+    task = TASKS.get(_ALIASES.get(name, name))
+    return next((path for path, t in _FILES.items() if t is task), None)
 
 
 def _load_shipped() -> None:

@@ -22,9 +22,7 @@ GLUE_SERVER_TASKS = (*GLUE_SCORE_TASKS, "ax")
 # server rejects a file with any other count): declared in the tasks' files (glue.server_files,
 # glue.official_rows). ``apm predict`` names its files <task>_<split>.tsv.
 SERVER_FILES: dict[str, tuple[str, str]] = {
-    name: (task, split)
-    for task in GLUE_SERVER_TASKS
-    for split, name in get_task(task).server_files.items()
+    name: (task, split) for task in GLUE_SERVER_TASKS for split, name in get_task(task).server_files.items()
 }
 OFFICIAL_ROWS: dict[str, int] = {
     get_task(task).server_files[split]: rows
