@@ -26,7 +26,7 @@ from apm_lightning.core.redact import redact_text
 from apm_lightning.data import sources
 from apm_lightning.data.base import TextDataModule
 from apm_lightning.data.collate import PadCollator
-from apm_lightning.data.task_files import read_glue_tsv, read_table
+from apm_lightning.data.task_files import label_converter, read_glue_tsv, read_table
 from apm_lightning.data.task_spec import TaskSpec
 from apm_lightning.data.tasks import get_task
 from apm_lightning.data.text_encoding import check_encoding_name
@@ -237,6 +237,9 @@ class ClassificationDataModule(TextDataModule):
             columns["text_b"] = list(table[task.hub_text_columns[1]])
         if not task.splits[split].labelled:
             columns["label"] = [float("nan") if task.is_regression else -1] * len(table)
+        elif task.folder is None:  # another dataset's labels may be names: ids as in files
+            to_label = label_converter(task, f"{task.hub_dataset} ({split})")
+            columns["label"] = [to_label(v, i + 1) for i, v in enumerate(table[task.hub_label_column])]
         else:
             columns["label"] = list(table[task.hub_label_column])
         return columns

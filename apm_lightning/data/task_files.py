@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 csv.field_size_limit(1 << 24)
 
 
-def _label_converter(task: TaskSpec, where: str):
+def label_converter(task: TaskSpec, where: str):
     """Return a function turning a label as written in a file into an id (or a float score)."""
     if task.is_regression:
         low, high = task.score_range or (None, None)
@@ -100,7 +100,7 @@ def read_glue_tsv(
 
 
 def _read_glue_tsv(task: TaskSpec, path: Path, labelled: bool, encoding: str) -> dict[str, list]:
-    to_label = _label_converter(task, str(path)) if labelled else None
+    to_label = label_converter(task, str(path)) if labelled else None
     missing_label = float("nan") if task.is_regression else -1
     columns = _empty_columns(task)
     skipped = 0
@@ -234,7 +234,7 @@ def read_table(
     if task.is_pair:
         columns["text_b"] = [str(v) for v in table[mapping["text_b"]]]
     if labelled:
-        to_label = _label_converter(task, str(path))
+        to_label = label_converter(task, str(path))
         # Line numbers count a header row for CSV/TSV, so row i is on line i + 2.
         offset = 2 if fmt == "csv" else 1
         columns["label"] = [to_label(v, i + offset) for i, v in enumerate(table[mapping["label"]])]
