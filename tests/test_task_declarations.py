@@ -200,3 +200,14 @@ def test_a_regression_task_file_with_tsv_files(tmp_path):
     dm = ClassificationDataModule(task=str(tmp_path / "task.yaml"))
     with pytest.raises(APMError, match=r"line 3: score 1.5 is outside \[0, 1\]"):
         dm.raw_split("train")
+
+
+def test_a_task_file_names_the_default_run_dir():
+    from argparse import Namespace
+
+    from apm_lightning.training.cli import _run_name
+
+    config = Namespace(
+        data=Namespace(class_path="x.ClassificationDataModule", init_args=Namespace(task=str(EXAMPLE)))
+    )
+    assert _run_name(config).startswith("my_pairs-")
