@@ -203,7 +203,7 @@ def test_a_regression_task_file_with_tsv_files(tmp_path):
 
 
 def test_a_task_file_names_the_default_run_dir():
-    from argparse import Namespace
+    from jsonargparse import Namespace
 
     from apm_lightning.training.cli import _run_name
 
