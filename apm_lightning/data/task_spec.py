@@ -169,7 +169,7 @@ class _Reader:
     def fail(self, key: str, problem: str) -> None:
         raise APMError(f"{self.where}: {self.prefix}{key} {problem}")
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(key, default)
         if value is None and required:
             self.fail(key, "is required")
@@ -177,7 +177,7 @@ class _Reader:
             self.fail(key, f"must be a non-empty string, not {value!r}")
         return value
 
-    def strs(self, key: str, lengths: tuple[int, ...] | None = None) -> tuple[str, ...] | None:
+    def texts(self, key: str, lengths: tuple[int, ...] | None = None) -> tuple[str, ...] | None:
         value = self.data.get(key)
         if value is None:
             return None
@@ -189,13 +189,13 @@ class _Reader:
             self.fail(key, f"repeats a name: {value!r}")
         return tuple(value)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             self.fail(key, f"must be true or false, not {value!r}")
         return value
 
-    def int(self, key: str) -> int:
+    def count(self, key: str) -> int:
         value = self.data.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             self.fail(key, f"must be a whole number >= 0, not {value!r}")
@@ -206,19 +206,22 @@ def parse_task(data: Any, where: str, folder: Path | None = None) -> TaskSpec:
     """The task ``data`` (a task file's content) declares; ``folder`` is the file's folder, which
     split files of a task outside the GLUE layout are relative to."""
     top = _Reader(data, where, "", _TOP_KEYS)
-    name = top.str("name", required=True)
+    name = top.text("name", required=True)
     if not NAME_PATTERN.fullmatch(name):
         top.fail("name", f"{name!r} must be lower case letters, digits, '_' or '-'")
-    text_columns = top.strs("text_columns", lengths=(1, 2))
+    aliases = top.texts("aliases") or ()
+    if not all(NAME_PATTERN.fullmatch(a) for a in aliases):
+        top.fail("aliases", f"{list(aliases)!r} must be lower case letters, digits, '_' or '-'")
+    text_columns = top.texts("text_columns", lengths=(1, 2))
     if text_columns is None:
         top.fail("text_columns", "is required (one column, or two for sentence pairs)")
-    regression = top.bool("regression")
-    label_names = top.strs("label_names")
+    regression = top.flag("regression")
+    label_names = top.texts("label_names")
     if regression == (label_names is not None):
         top.fail("label_names", "are required for classification, and absent with 'regression: true'")
     if label_names is not None and len(label_names) < 2:
         top.fail("label_names", "must name at least two classes")
-    file_labels = top.strs("file_label_values")
+    file_labels = top.texts("file_label_values")
     if file_labels is not None and len(file_labels) != len(label_names or ()):
         top.fail("file_label_values", "must spell each of label_names once, in the same order")
     score_range = data.get("score_range")
@@ -229,17 +232,17 @@ def parse_task(data: Any, where: str, folder: Path | None = None) -> TaskSpec:
         if not regression or not numbers or len(score_range) != 2 or score_range[0] >= score_range[1]:
             top.fail("score_range", f"must be [low, high] of a regression task, not {score_range!r}")
         score_range = (float(score_range[0]), float(score_range[1]))
-    metrics = top.strs("metrics")
+    metrics = top.texts("metrics")
     allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
     if not metrics or any(m not in allowed for m in metrics):
         top.fail("metrics", f"must be a list from {', '.join(allowed)} (got {metrics!r})")
     if "f1" in metrics and len(label_names) != 2:
         top.fail("metrics", "f1 is the positive class's F1: it needs exactly two label_names")
-    main = top.str("main_metric", "mean")
+    main = top.text("main_metric", "mean")
     if main != "mean" and main not in metrics:
         top.fail("main_metric", f"must be 'mean' or one of the metrics ({', '.join(metrics)})")
-    label_column = top.str("label_column")
-    id_column = top.str("id_column")
+    label_column = top.text("label_column")
+    id_column = top.text("id_column")
 
     split_data = data.get("splits")
     if not isinstance(split_data, dict) or not split_data:
@@ -249,8 +252,8 @@ def parse_task(data: Any, where: str, folder: Path | None = None) -> TaskSpec:
         if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
             top.fail(f"splits.{split}", "must be named train, validation, test or validation_x/test_x")
         entry = _Reader(spec or {}, where, f"splits.{split}.", {"file", "labelled"})
-        filename = entry.str("file")
-        labelled = entry.bool("labelled", True)
+        filename = entry.text("file")
+        labelled = entry.flag("labelled", True)
         if labelled and label_column is None:
             entry.fail("labelled", "is true but the task has no label_column")
         splits[split] = SplitFile(filename, labelled)
@@ -258,19 +261,21 @@ def parse_task(data: Any, where: str, folder: Path | None = None) -> TaskSpec:
         top.fail("splits.train", "must be labelled")
 
     hub = _Reader(data.get("hub") or {}, where, "hub.", _HUB_KEYS)
-    hub_dataset = hub.str("dataset")
-    hub_text = hub.strs("text_columns", lengths=(len(text_columns),)) or (text_columns if hub_dataset else ())
+    hub_dataset = hub.text("dataset")
+    hub_text = hub.texts("text_columns", lengths=(len(text_columns),)) or (
+        text_columns if hub_dataset else ()
+    )
     glue = _Reader(data.get("glue") or {}, where, "glue.", _GLUE_KEYS)
-    glue_folder = glue.str("folder")
+    glue_folder = glue.text("folder")
     headerless = None
     headerless_columns = None
     if glue.data.get("headerless") is not None:
         cols = _Reader(glue.data["headerless"], where, "glue.headerless.", {"text", "label", "columns"})
-        headerless, headerless_columns = (cols.int("text"), cols.int("label")), cols.int("columns")
+        headerless, headerless_columns = (cols.count("text"), cols.count("label")), cols.count("columns")
     server = glue.data.get("server_files") or {}
     rows = glue.data.get("official_rows") or {}
     server_reader = _Reader(server, where, "glue.server_files.", set(splits))
-    rows_reader = _Reader(rows, where, "glue.official_rows.", set(splits))
+    rows_reader = _Reader(rows, where, "glue.official_rows.", set(server))
 
     has_files = any(s.filename for s in splits.values())
     if not has_files and hub_dataset is None:
@@ -297,19 +302,19 @@ def parse_task(data: Any, where: str, folder: Path | None = None) -> TaskSpec:
         headerless_positions=headerless,
         headerless_columns=headerless_columns,
         hub_text_columns=hub_text,
-        skip_malformed_rows=glue.bool("skip_malformed_rows"),
-        model_task=glue.str("model_task"),
+        skip_malformed_rows=glue.flag("skip_malformed_rows"),
+        model_task=glue.text("model_task"),
         main_metric=None if main == "mean" else main,
         score_range=score_range,
-        aliases=top.strs("aliases") or (),
+        aliases=aliases,
         hub_dataset=hub_dataset,
-        hub_config=hub.str("config"),
-        hub_label_column=hub.str("label_column", "label"),
-        hub_id_column=hub.str("id_column", "idx"),
+        hub_config=hub.text("config"),
+        hub_label_column=hub.text("label_column", "label"),
+        hub_id_column=hub.text("id_column", "idx"),
         files_dir=str(folder.resolve()) if own_files and folder is not None else None,
         column_map=column_map,
-        server_files={s: server_reader.str(s) for s in server},
-        official_rows={s: rows_reader.int(s) for s in rows},
+        server_files={s: server_reader.text(s) for s in server},
+        official_rows={s: rows_reader.count(s) for s in rows},
         declared_in=where,
     )
 

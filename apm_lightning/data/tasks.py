@@ -39,8 +39,8 @@ def register_task(task: TaskSpec) -> TaskSpec:
 
 
 def is_task_file(value: str) -> bool:
-    """Whether ``value`` names a task file rather than a registered task."""
-    return value.strip().lower().endswith(TASK_FILE_SUFFIXES) or Path(value).expanduser().is_file()
+    """Whether ``value`` names a task file (``.yaml``/``.yml``) rather than a registered task."""
+    return value.strip().lower().endswith(TASK_FILE_SUFFIXES)
 
 
 def get_task(name: str) -> TaskSpec:
