@@ -112,7 +112,7 @@ def demo_main(argv: list[str]) -> None:
             "--model.learning_rate",
             "5e-5",
             "--data",
-            "apm_lightning.data.glue.GLUEDataModule",
+            "apm_lightning.data.classification.ClassificationDataModule",
             "--data.task",
             "sst2",
             *source_args,

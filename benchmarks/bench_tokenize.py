@@ -1,9 +1,9 @@
 """Benchmark tokenizing GLUE SST-2 (train: 67,349 sentences, plus the 872-row dev split) with
-MiniLM's WordPiece tokenizer (max length 128, truncation, no padding): our GLUEDataModule against
+MiniLM's WordPiece tokenizer (max length 128, truncation, no padding): our ClassificationDataModule against
 Hugging Face `datasets` used as run_glue.py does.
 
 Peers (every run in a fresh interpreter, sequentially; each cache dir a fresh temporary folder):
-  apm_cold   GLUEDataModule(task="sst2", data_dir=GLUE, tokenizer="minilm").setup("fit") with
+  apm_cold   ClassificationDataModule(task="sst2", data_dir=GLUE, tokenizer="minilm").setup("fit") with
              APM_CACHE_DIR empty: read the TSVs, load the tokenizer, tokenize train + dev, write
              the cache entries (datasets save_to_disk) and load them back (memory-mapped)
   apm_warm   the same again on the filled cache (a hit: no tokenization)
@@ -59,7 +59,7 @@ def preimport() -> None:
     import torch  # noqa: F401
     import transformers
 
-    import apm_lightning.data.glue  # noqa: F401
+    import apm_lightning.data.classification  # noqa: F401
     from apm_lightning.core.model_paths import resolve_tokenizer  # noqa: F401
 
     datasets.disable_progress_bars()
@@ -71,12 +71,12 @@ def token_count(dataset) -> int:
 
 
 def run_apm(args: argparse.Namespace) -> dict[str, Any]:
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
 
     cache = Path(os.environ["APM_CACHE_DIR"])
     entries_before = len(list((cache / "tokenized").glob("*"))) if (cache / "tokenized").is_dir() else 0
     t0 = time.perf_counter()
-    dm = GLUEDataModule(
+    dm = ClassificationDataModule(
         task="sst2", data_dir=str(args.data_dir), tokenizer="minilm", max_train_samples=args.rows
     )
     dm.setup("fit")

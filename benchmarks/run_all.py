@@ -4,7 +4,7 @@ the table, the raw measurements and the hardware go to a Markdown file (--out).
 
   glue      bench_glue_finetune.py   `apm fit` vs the HF Trainer (SST-2 fine-tuning ex/s, accuracy)
   pretrain  bench_pretrain.py        `apm pretrain` MLM tokens/s vs plain loops and the HF Trainer
-  tokenize  bench_tokenize.py        GLUEDataModule tokenization vs datasets .map, cold and warm
+  tokenize  bench_tokenize.py        ClassificationDataModule tokenization vs datasets .map, cold and warm
   startup   bench_startup.py         `apm --help` vs `import lightning.pytorch` and `python -c pass`
 
 Full run (defaults; glue compares dev accuracy over 3 seeds: --glue-args to change):

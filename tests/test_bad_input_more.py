@@ -96,20 +96,22 @@ def test_latin1_tsv_names_file_and_byte_offset(tmp_path, capsys):
 
 
 def test_latin1_tsv_reads_with_encoding_option(tmp_path):
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
 
     body = f"{SST2_HEADER}\nit is fine\t1\nle caf\xe9 est bon\t1\n".encode("latin-1")
     root = sst2_root(tmp_path, body)
-    dm = GLUEDataModule(task="sst2", data_dir=str(root), encoding="latin-1", cache_dir=str(tmp_path / "c"))
+    dm = ClassificationDataModule(
+        task="sst2", data_dir=str(root), encoding="latin-1", cache_dir=str(tmp_path / "c")
+    )
     assert dm.raw_split("train")["text_a"][1] == "le café est bon"
 
 
 def test_utf16_tsv_with_bom_is_read(tmp_path):
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
 
     text = f"{SST2_HEADER}\nun café\t1\nbad\t0\n"
     root = sst2_root(tmp_path, text.encode("utf-16"))  # BOM + UTF-16-LE
-    dm = GLUEDataModule(task="sst2", data_dir=str(root), cache_dir=str(tmp_path / "c"))
+    dm = ClassificationDataModule(task="sst2", data_dir=str(root), cache_dir=str(tmp_path / "c"))
     assert dm.raw_split("train")["text_a"] == ["un café", "bad"]
     assert dm.raw_split("train")["label"] == [1, 0]
 
@@ -138,11 +140,11 @@ def test_data_files_not_utf8(tmp_path, capsys, suffix):
 
 
 def test_utf16_csv_with_bom_is_read(tmp_path):
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
 
     path = tmp_path / "train.csv"
     path.write_bytes("sentence,label\nun café,1\nbad,0\n".encode("utf-16"))
-    dm = GLUEDataModule(task="sst2", data_files={"train": str(path)}, cache_dir=str(tmp_path / "c"))
+    dm = ClassificationDataModule(task="sst2", data_files={"train": str(path)}, cache_dir=str(tmp_path / "c"))
     assert dm.raw_split("train")["text_a"] == ["un café", "bad"]
 
 
@@ -197,7 +199,7 @@ def _same_size_edit(path: Path, old: bytes, new: bytes) -> None:
 
 @pytest.mark.parametrize("layout", ["tsv", "csv"])
 def test_cache_sees_same_size_edit_with_kept_mtime(tmp_path, layout):
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
 
     if layout == "tsv":
         root = sst2_root(tmp_path, f"{SST2_HEADER}\ngood film\t1\nawful film\t0\n".encode())
@@ -209,7 +211,7 @@ def test_cache_sees_same_size_edit_with_kept_mtime(tmp_path, layout):
         options = {"data_files": {"train": str(path), "validation": str(GLUE / "SST-2" / "dev.tsv")}}
 
     def rows() -> tuple[list, list]:
-        dm = GLUEDataModule(
+        dm = ClassificationDataModule(
             task="sst2", tokenizer="minilm", max_eval_samples=4, cache_dir=str(tmp_path / "cache"), **options
         )
         dm.check("fit")
@@ -259,14 +261,14 @@ def test_sequence_length_past_positions(tmp_path, capsys):
 
 def test_sequence_length_past_pretrained_positions():
     from apm_lightning.core.errors import APMError
-    from apm_lightning.data.glue import GLUEDataModule
+    from apm_lightning.data.classification import ClassificationDataModule
     from apm_lightning.modules.classification import TransformerClassifier
     from apm_lightning.training.preflight import check_sequence_length
 
     model = TransformerClassifier(backbone="minilm")  # no task yet: the network is built later
-    check_sequence_length(model, GLUEDataModule(task="rte", max_seq_length=512))
+    check_sequence_length(model, ClassificationDataModule(task="rte", max_seq_length=512))
     with pytest.raises(APMError, match="longer than the model's 512 positions"):
-        check_sequence_length(model, GLUEDataModule(task="rte", max_seq_length=513))
+        check_sequence_length(model, ClassificationDataModule(task="rte", max_seq_length=513))
 
 
 def test_backbone_with_backbone_config(tmp_path, capsys):

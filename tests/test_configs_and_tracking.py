@@ -161,8 +161,8 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     from apm_lightning.core.model_paths import minilm_path
+    from apm_lightning.data.classification import ClassificationDataModule
     from apm_lightning.data.encoders import JointPairEncoder
-    from apm_lightning.data.glue import GLUEDataModule
 
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
@@ -173,18 +173,18 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
             return super().encode(*args, **kwargs)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    first = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
+    first = ClassificationDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
     first.encoder = CountingEncoder(tokenizer)
     first.setup("fit")
     assert len(calls) == 2  # train and validation
-    second = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
+    second = ClassificationDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200)
     second.encoder = CountingEncoder(tokenizer)
     second.setup("fit")
     assert len(calls) == 2  # nothing tokenized again
     assert second.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
     assert len(second.datasets["train"]) == 200 and len(second.datasets["validation"]) == 277
     # Another truncation length is another cache entry.
-    third = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200, max_seq_length=64)
+    third = ClassificationDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200, max_seq_length=64)
     third.encoder = CountingEncoder(tokenizer)
     third.setup("fit")
     assert len(calls) == 4
@@ -267,7 +267,10 @@ def test_default_run_dir_is_named_after_the_task():
     from apm_lightning.training.cli import _run_name
 
     glue = Namespace(
-        data=Namespace(class_path="apm_lightning.data.glue.GLUEDataModule", init_args=Namespace(task="rte"))
+        data=Namespace(
+            class_path="apm_lightning.data.classification.ClassificationDataModule",
+            init_args=Namespace(task="rte"),
+        )
     )
     squad = Namespace(
         data=Namespace(class_path="apm_lightning.data.squad.SQuADDataModule", init_args=Namespace())
@@ -284,7 +287,7 @@ def test_a_warm_cache_reads_no_text_and_a_changed_file_is_checked_again(tmp_path
 
     from apm_lightning.core.errors import APMError
     from apm_lightning.core.model_paths import minilm_path
-    from apm_lightning.data import glue as glue_module
+    from apm_lightning.data import classification as glue_module
     from apm_lightning.data.encoders import JointPairEncoder
 
     monkeypatch.setenv("APM_CACHE_DIR", str(tmp_path / "cache"))
@@ -292,8 +295,10 @@ def test_a_warm_cache_reads_no_text_and_a_changed_file_is_checked_again(tmp_path
     shutil.copytree(GLUE / "RTE", data)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
-    def prepared() -> glue_module.GLUEDataModule:
-        dm = glue_module.GLUEDataModule(task="rte", data_dir=str(tmp_path / "glue"), max_train_samples=50)
+    def prepared() -> glue_module.ClassificationDataModule:
+        dm = glue_module.ClassificationDataModule(
+            task="rte", data_dir=str(tmp_path / "glue"), max_train_samples=50
+        )
         dm.encoder = JointPairEncoder(tokenizer)
         dm.check("fit")
         dm.setup("fit")

@@ -13,9 +13,9 @@ import pytest
 from apm_lightning.core import hub
 from apm_lightning.core.errors import APMError
 from apm_lightning.data import sources
-from apm_lightning.data.glue import GLUEDataModule
-from apm_lightning.data.glue_files import read_glue_tsv, read_table
-from apm_lightning.data.glue_tasks import GLUE_TASKS, get_task
+from apm_lightning.data.classification import ClassificationDataModule
+from apm_lightning.data.task_files import read_glue_tsv, read_table
+from apm_lightning.data.tasks import TASKS, get_task
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -130,7 +130,7 @@ def test_real_file_row_counts_and_content(glue_dir, task_name, split, rows):
 
 @pytest.mark.parametrize(("task_name", "split", "rows"), EXPECTED_ROWS)
 def test_real_file_row_counts_via_datamodule(glue_dir, task_name, split, rows):
-    dm = GLUEDataModule(task=task_name, data_dir=str(glue_dir))
+    dm = ClassificationDataModule(task=task_name, data_dir=str(glue_dir))
     columns = dm.raw_split(split)
     assert n_rows(columns) == rows
     labelled = get_task(task_name).splits[split].labelled
@@ -274,24 +274,26 @@ def test_test_files_idx_is_index_column_and_label_is_minus_one(glue_dir, task_na
 def test_data_dir_may_be_root_glue_folder_or_task_folder(data_root, glue_dir):
     expected = read_glue_tsv(get_task("rte"), glue_dir / "RTE" / "dev.tsv", labelled=True)
     for where in (data_root, glue_dir, glue_dir / "RTE"):
-        dm = GLUEDataModule(task="rte", data_dir=str(where))
+        dm = ClassificationDataModule(task="rte", data_dir=str(where))
         assert dm.raw_split("validation") == expected, where
-    dm = GLUEDataModule(task="RTE", data_dir=str(data_root), source="local")
+    dm = ClassificationDataModule(task="RTE", data_dir=str(data_root), source="local")
     assert n_rows(dm.raw_split("train")) == 2490
 
 
 def test_apm_data_dir_env(monkeypatch, data_root):
     monkeypatch.setenv("APM_DATA_DIR", str(data_root))
-    dm = GLUEDataModule(task="wnli", data_dir=None)
+    dm = ClassificationDataModule(task="wnli", data_dir=None)
     assert n_rows(dm.raw_split("validation")) == 71
     assert str(data_root) in dm.source_description
     # The glue folder itself works too.
     monkeypatch.setenv("APM_DATA_DIR", str(data_root / "glue"))
-    assert n_rows(GLUEDataModule(task="sst-2").raw_split("validation")) == 872
+    assert n_rows(ClassificationDataModule(task="sst-2").raw_split("validation")) == 872
 
 
 def test_max_samples_and_check(glue_dir):
-    dm = GLUEDataModule(task="mrpc", data_dir=str(glue_dir), max_train_samples=10, max_eval_samples=5)
+    dm = ClassificationDataModule(
+        task="mrpc", data_dir=str(glue_dir), max_train_samples=10, max_eval_samples=5
+    )
     dm.check("fit")
     assert n_rows(dm.raw_split("train")) == 10
     assert n_rows(dm.raw_split("validation")) == 5
@@ -352,7 +354,7 @@ def test_stsb_published_layout(stsb_dir):
     assert train["text_a"][2] == 'He said "no".'
     assert train["text_b"][0] == "An air plane is taking off."
     assert train["idx"] == [0, 1, 2]
-    dm = GLUEDataModule(task="stsb", data_dir=str(stsb_dir))
+    dm = ClassificationDataModule(task="stsb", data_dir=str(stsb_dir))
     assert dm.raw_split("validation")["label"] == [4.25]
     test = dm.raw_split("test")
     assert test["text_a"] == ["A girl is styling her hair.", "x"]
@@ -432,7 +434,7 @@ def test_qqp_skips_malformed_rows(qqp_dir, caplog):
     assert train["label"] == [0, 1, 1]
     assert train["idx"] == [133273, 402555, 360472]  # the file's id column
     assert "skipped 2 malformed rows" in caplog.text
-    dm = GLUEDataModule(task="qqp", data_dir=str(qqp_dir))
+    dm = ClassificationDataModule(task="qqp", data_dir=str(qqp_dir))
     assert dm.raw_split("validation")["label"] == [0]
     test = dm.raw_split("test")
     assert test["idx"] == [0, 1]
@@ -511,7 +513,7 @@ def mnli_dir(tmp_path: Path) -> Path:
 def test_mnli_published_layout(mnli_dir):
     mnli = get_task("mnli")
     assert mnli.label_names == ("entailment", "neutral", "contradiction")
-    dm = GLUEDataModule(task="mnli", data_dir=str(mnli_dir))
+    dm = ClassificationDataModule(task="mnli", data_dir=str(mnli_dir))
     assert dm.splits_for("validation") == ["validation_matched", "validation_mismatched"]
     assert dm.splits_for("test") == ["test_matched", "test_mismatched"]
     assert dm.validation_splits == ["validation_matched", "validation_mismatched"]
@@ -570,7 +572,7 @@ def qnli_dir(tmp_path: Path) -> Path:
 
 
 def test_qnli_published_layout(qnli_dir):
-    dm = GLUEDataModule(task="qnli", data_dir=str(qnli_dir))
+    dm = ClassificationDataModule(task="qnli", data_dir=str(qnli_dir))
     train = dm.raw_split("train")
     assert train["label"] == [1, 0]  # not_entailment 1, entailment 0
     assert train["text_a"][0] == "When did the third Digimon series begin?"
@@ -591,9 +593,9 @@ def test_unknown_task():
     with pytest.raises(APMError, match="unknown GLUE task 'nope'"):
         get_task("nope")
     with pytest.raises(APMError, match="nope"):
-        GLUEDataModule(task="nope")
-    assert get_task(" SST-2 ") is GLUE_TASKS["sst2"]
-    assert get_task("diagnostic") is GLUE_TASKS["ax"]
+        ClassificationDataModule(task="nope")
+    assert get_task(" SST-2 ") is TASKS["sst2"]
+    assert get_task("diagnostic") is TASKS["ax"]
 
 
 def test_missing_file(tmp_path):
@@ -602,12 +604,12 @@ def test_missing_file(tmp_path):
         read_glue_tsv(get_task("rte"), path, labelled=True)
     assert str(path) in str(err.value)
     with pytest.raises(APMError) as err:
-        GLUEDataModule(task="rte", data_dir=str(tmp_path)).raw_split("train")
+        ClassificationDataModule(task="rte", data_dir=str(tmp_path)).raw_split("train")
     assert str(tmp_path) in str(err.value) and "RTE" in str(err.value)
     # A folder with the task but not this split's file.
     write_tsv(tmp_path / "RTE" / "train.tsv", RTE_HEADER, [["0", "a", "b", "entailment"]])
     with pytest.raises(APMError) as err:
-        GLUEDataModule(task="rte", data_dir=str(tmp_path)).raw_split("validation")
+        ClassificationDataModule(task="rte", data_dir=str(tmp_path)).raw_split("validation")
     assert str(tmp_path / "RTE" / "dev.tsv") in str(err.value)
 
 
@@ -764,7 +766,7 @@ def test_read_table_parquet_and_datamodule_files(tmp_path):
             "y": ["neutral", "contradiction", "entailment"],
         }
     ).to_parquet(str(nli))
-    dm = GLUEDataModule(
+    dm = ClassificationDataModule(
         task="mnli",
         data_files={"train": str(nli), "test_matched": str(nli)},
         column_map={"text_a": "premise", "text_b": "hypothesis", "label": "y"},
@@ -837,11 +839,13 @@ def test_synthetic_sst2(tmp_path):
         else:
             assert columns["idx"] == list(range(size))
         assert all(t.endswith(" . ") for t in columns["text_a"])  # SST-2 style: trailing space
-    dm = GLUEDataModule(task="sst2", source="synthetic", cache_dir=str(tmp_path / "cache"))
+    dm = ClassificationDataModule(task="sst2", source="synthetic", cache_dir=str(tmp_path / "cache"))
     assert n_rows(dm.raw_split("train")) == 2000
     assert "synthetic" in dm.source_description
     with pytest.raises(APMError, match="synthetic"):
-        GLUEDataModule(task="rte", source="synthetic", cache_dir=str(tmp_path / "cache")).raw_split("train")
+        ClassificationDataModule(task="rte", source="synthetic", cache_dir=str(tmp_path / "cache")).raw_split(
+            "train"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -854,7 +858,7 @@ def test_offline_without_local_data_fails_fast(monkeypatch):
     start = time.perf_counter()
     assert hub.hub_reachable() is False
     with pytest.raises(APMError) as err:
-        GLUEDataModule(task="qqp", data_dir=None).raw_split("train")
+        ClassificationDataModule(task="qqp", data_dir=None).raw_split("train")
     elapsed = time.perf_counter() - start
     assert elapsed < 2.0
     msg = str(err.value)
@@ -864,6 +868,6 @@ def test_offline_without_local_data_fails_fast(monkeypatch):
 def test_local_source_without_data_dir(monkeypatch):
     monkeypatch.delenv("APM_DATA_DIR", raising=False)
     with pytest.raises(APMError, match="APM_DATA_DIR"):
-        GLUEDataModule(task="rte", source="local").raw_split("train")
+        ClassificationDataModule(task="rte", source="local").raw_split("train")
     with pytest.raises(APMError, match="unknown data source"):
-        GLUEDataModule(task="rte", source="ftp")
+        ClassificationDataModule(task="rte", source="ftp")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from apm_lightning.data.collate import EpochBatchSampler, PadCollator
-from apm_lightning.data.glue_tasks import get_task
-from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
+from apm_lightning.data.tasks import get_task
+from apm_lightning.metrics.classification import build_metrics, main_score, predictions_from_logits
 
 # ---------------------------------------------------------------------------------------------
 # plain-Python references
@@ -78,7 +78,7 @@ def spearman(x, y) -> float:
 
 def compute(task_name: str, preds, targets, batches: int = 1) -> dict[str, float]:
     task = get_task(task_name)
-    metrics = build_glue_metrics(task)
+    metrics = build_metrics(task)
     preds_t, targets_t = torch.tensor(preds), torch.tensor(targets)
     for chunk_p, chunk_t in zip(preds_t.chunk(batches), targets_t.chunk(batches), strict=True):
         metrics.update(chunk_p, chunk_t)

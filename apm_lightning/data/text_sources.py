@@ -199,9 +199,9 @@ class TextSource:
             yield from loaded[start : start + 1000][self.text_field]
 
     def _glue_documents(self) -> Iterator[str]:
-        from apm_lightning.data.glue import GLUEDataModule
+        from apm_lightning.data.classification import ClassificationDataModule
 
-        glue = GLUEDataModule(task=self.glue_task, data_dir=self.glue_data_dir)
+        glue = ClassificationDataModule(task=self.glue_task, data_dir=self.glue_data_dir)
         raw = glue.raw_split("train")
         pairs = raw.get("text_b")
         for i, text in enumerate(raw["text_a"]):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-from apm_lightning.data.glue_tasks import get_task
+from apm_lightning.data.tasks import get_task
 
 GLUE_SCORE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
@@ -21,7 +21,7 @@ def score_metrics(task: str) -> tuple[str, ...]:
     """The metrics (as ``results.json`` names them) averaged into the task's score."""
     spec = get_task(task)
     suffixes = [split[len("validation") :] for split in spec.validation_splits]
-    return tuple(metric + suffix for suffix in suffixes for metric in spec.metrics)
+    return tuple(metric + suffix for suffix in suffixes for metric in spec.score_metrics)
 
 
 def task_score(task: str, metrics: Mapping[str, float]) -> float:

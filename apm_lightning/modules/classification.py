@@ -20,8 +20,9 @@ from torchmetrics import MeanMetric
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
-from apm_lightning.data.glue_tasks import GlueTask, get_task
-from apm_lightning.metrics.glue import build_glue_metrics, main_score, predictions_from_logits
+from apm_lightning.data.task_spec import TaskSpec
+from apm_lightning.data.tasks import get_task
+from apm_lightning.metrics.classification import build_metrics, main_score, predictions_from_logits
 from apm_lightning.modules.base import APMModule
 
 
@@ -38,7 +39,7 @@ class ClassifierModule(APMModule):
         # The optimizer settings are the subclass's arguments (its own defaults), saved as
         # hyper-parameters by the subclass and read by APMModule.configure_optimizers.
         super().__init__()
-        self.glue_task: GlueTask | None = get_task(task) if task else None
+        self.glue_task: TaskSpec | None = get_task(task) if task else None
         self.net: nn.Module | None = None
         self.encoder = None
         self.eval_splits: dict[str, list[str]] = {}
@@ -56,7 +57,7 @@ class ClassifierModule(APMModule):
         return self.glue_task.name if self.glue_task else None
 
     # --- set-up ------------------------------------------------------------------------
-    def _bind_task(self, data_task: GlueTask) -> None:
+    def _bind_task(self, data_task: TaskSpec) -> None:
         self.data_task = data_task
         if self.glue_task is None:
             # AX is predicted by an MNLI model: the model's task is MNLI, the data's is AX.
@@ -85,7 +86,7 @@ class ClassifierModule(APMModule):
             for split in splits
             if self.glue_task.splits.get(split, None) is None or self.glue_task.splits[split].labelled
         }
-        self._metrics = nn.ModuleDict({split: build_glue_metrics(self.glue_task) for split in scored})
+        self._metrics = nn.ModuleDict({split: build_metrics(self.glue_task) for split in scored})
         # The loss as a metric too: a row-weighted mean that torchmetrics syncs across ranks.
         self._losses = nn.ModuleDict({split: MeanMetric() for split in scored})
 

@@ -13,43 +13,28 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from apm_lightning.data.glue_tasks import get_task
+from apm_lightning.data.tasks import get_task
+from apm_lightning.metrics.glue_score import GLUE_SCORE_TASKS
 
-# Server file name -> (task, prediction split): what ``apm predict`` names <task>_<split>.tsv.
+# The benchmark's tasks in the server's order: GLUE's nine, then the diagnostic set.
+GLUE_SERVER_TASKS = (*GLUE_SCORE_TASKS, "ax")
+# Server file name -> (task, prediction split), and the rows of the official test files (the
+# server rejects a file with any other count): declared in the tasks' files (glue.server_files,
+# glue.official_rows). ``apm predict`` names its files <task>_<split>.tsv.
 SERVER_FILES: dict[str, tuple[str, str]] = {
-    "CoLA.tsv": ("cola", "test"),
-    "SST-2.tsv": ("sst2", "test"),
-    "MRPC.tsv": ("mrpc", "test"),
-    "STS-B.tsv": ("stsb", "test"),
-    "QQP.tsv": ("qqp", "test"),
-    "MNLI-m.tsv": ("mnli", "test_matched"),
-    "MNLI-mm.tsv": ("mnli", "test_mismatched"),
-    "QNLI.tsv": ("qnli", "test"),
-    "RTE.tsv": ("rte", "test"),
-    "WNLI.tsv": ("wnli", "test"),
-    "AX.tsv": ("ax", "test"),
+    name: (task, split) for task in GLUE_SERVER_TASKS for split, name in get_task(task).server_files.items()
 }
-
-# Rows of the official GLUE test files (the server rejects a file with any other count).
 OFFICIAL_ROWS: dict[str, int] = {
-    "CoLA.tsv": 1063,
-    "SST-2.tsv": 1821,
-    "MRPC.tsv": 1725,
-    "STS-B.tsv": 1379,
-    "QQP.tsv": 390965,
-    "MNLI-m.tsv": 9796,
-    "MNLI-mm.tsv": 9847,
-    "QNLI.tsv": 5463,
-    "RTE.tsv": 3000,
-    "WNLI.tsv": 146,
-    "AX.tsv": 1104,
+    get_task(task).server_files[split]: rows
+    for task in GLUE_SERVER_TASKS
+    for split, rows in get_task(task).official_rows.items()
 }
 
 HEADER = "index\tprediction"
 
 
 def server_names(task: str) -> list[str]:
-    """The server files a task contributes (MNLI two, the others one)."""
+    """The server files a task contributes (MNLI two, the others one; a task outside GLUE none)."""
     return [name for name, (t, _) in SERVER_FILES.items() if t == get_task(task).name]
 
 

@@ -495,7 +495,7 @@ def sweep_main(argv: list[str]) -> dict[str, Any]:
     args, extra = build_parser().parse_known_args(argv)
     spec = load_spec(resolve_config(args.config))
     if args.model:
-        from apm_lightning.runners.glue import model_args
+        from apm_lightning.runners.glue_args import model_args
 
         extra = [*model_args(args.model), *extra]
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)

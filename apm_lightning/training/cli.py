@@ -81,6 +81,8 @@ SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 def _run_name(config: Any) -> str:
     """``<task>-<time>``: the GLUE task, else the data module's kind (``squad``), else ``run``."""
     task = config.get("data.init_args.task")
+    if task and str(task).lower().endswith((".yaml", ".yml")):
+        task = Path(str(task)).stem  # a task file: its name, not its path
     if not task:
         class_path = config.get("data.class_path") or ""
         task = class_path.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "run"

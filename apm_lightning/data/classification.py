@@ -1,6 +1,8 @@
-"""GLUEDataModule: the nine GLUE tasks and the AX diagnostic set, from a local folder in the
-GLUE layout, the Hugging Face hub (``nyu-mll/glue``), any table file with a column mapping, or a
-synthetic stand-in for demos.
+"""ClassificationDataModule: a sentence or sentence-pair classification (or regression) task,
+declared as data (``apm_lightning.data.task_spec``): GLUE's nine tasks and AX, or a user's task
+file. The rows come from the task's own files, a local folder in the GLUE layout, the Hugging
+Face hub (``nyu-mll/glue`` for GLUE), any table file with a column mapping, or a synthetic
+stand-in for demos.
 
 Tokenization uses the model's encoder (see ``apm_lightning.data.encoders``), runs batched on the
 fast tokenizer, and is cached on disk with ``datasets`` so a second run skips it.
@@ -24,25 +26,27 @@ from apm_lightning.core.redact import redact_text
 from apm_lightning.data import sources
 from apm_lightning.data.base import TextDataModule
 from apm_lightning.data.collate import PadCollator
-from apm_lightning.data.glue_files import read_glue_tsv, read_table
-from apm_lightning.data.glue_tasks import GlueTask, get_task
+from apm_lightning.data.task_files import label_converter, read_glue_tsv, read_table
+from apm_lightning.data.task_spec import TaskSpec
+from apm_lightning.data.tasks import get_task
 from apm_lightning.data.text_encoding import check_encoding_name
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "local", "hub", "files", "synthetic")
-HUB_DATASET = "nyu-mll/glue"
 
 
-class GLUEDataModule(TextDataModule):
-    """GLUE data for one task.
+class ClassificationDataModule(TextDataModule):
+    """The data of one classification task.
 
     Args:
-        task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli or ax.
+        task: a registered task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, ax) or the
+            path of a task file (YAML, see ``apm_lightning.data.task_spec``).
         data_dir: a folder holding the task's folder in the GLUE layout (``DIR/SST-2/...``),
             or a data root with ``glue/`` in it (``$APM_DATA_DIR`` is used when unset).
-        source: ``auto`` (data_files, else data_dir/``$APM_DATA_DIR``, else the hub), or one of
-            ``local``, ``hub``, ``files``, ``synthetic`` (an SST-2-style demo task).
+        source: ``auto`` (data_files, else the task file's own files, else
+            data_dir/``$APM_DATA_DIR``, else the hub), or one of ``local``, ``hub``, ``files``
+            (data_files or the task file's files), ``synthetic`` (an SST-2-style demo task).
         data_files: split name -> CSV/TSV/JSON/parquet file, read with ``column_map``.
         column_map: our column (``text_a``, ``text_b``, ``label``, ``idx``) -> the file's column.
         tokenizer: a tokenizer path or hub name; by default the model supplies its own.
@@ -79,7 +83,7 @@ class GLUEDataModule(TextDataModule):
     ) -> None:
         super().__init__(tokenizer, batch_size, eval_batch_size, num_workers, cache_dir)
         self.save_hyperparameters(logger=False)  # the CLI logs the whole config (see TextDataModule)
-        self.task: GlueTask = get_task(task)
+        self.task: TaskSpec = get_task(task)
         if source not in SOURCES:
             raise APMError(f"unknown data source {source!r}: choose one of {', '.join(SOURCES)}")
         if max_seq_length < 8:
@@ -134,6 +138,8 @@ class GLUEDataModule(TextDataModule):
         """Decide where the data comes from; return a function split -> columns."""
         task = self.task
         source = self.source
+        if source == "files" and not self.data_files and task.files_dir is not None:
+            return self._task_files_loader()
         if source == "files" or (source == "auto" and self.data_files):
             files = self.data_files or {}
             self.source_description = "files: " + ", ".join(f"{k}={v}" for k, v in files.items())
@@ -154,7 +160,9 @@ class GLUEDataModule(TextDataModule):
             root = sources.write_synthetic_sst2(self.cache_dir / "synthetic")
             self.source_description = f"synthetic SST-2-style task (written to {root})"
             return self._local_loader(root / task.folder)
-        if source in ("auto", "local"):
+        if source == "auto" and task.files_dir is not None:
+            return self._task_files_loader()
+        if source in ("auto", "local") and task.folder is not None:
             roots = []
             if self.data_dir:
                 roots.append(Path(self.data_dir).expanduser())
@@ -171,14 +179,39 @@ class GLUEDataModule(TextDataModule):
                     f"{task.name}: no {task.folder}/ folder in the GLUE layout under {where} "
                     f"(expected e.g. {Path(where) / task.folder / next(iter(task.splits.values())).filename})"
                 )
+        if task.hub_dataset is None or source == "local":
+            raise APMError(
+                f"{task.name}: no data source: the task ({task.declared_in}) names no files and no hub "
+                f"dataset{'' if source == 'auto' else f' for --data.source {source}'}; set --data.data_files"
+            )
         # The hub: the real path for users with internet; fail fast and clearly without it.
         if not hub.hub_reachable():
-            raise hub.hub_unreachable_error(
-                f"GLUE task {task.name}",
-                f"set --data.data_dir (or ${sources.DATA_DIR_ENV}) to a folder in the GLUE layout",
+            hint = (
+                f"set --data.data_dir (or ${sources.DATA_DIR_ENV}) to a folder in the GLUE layout"
+                if task.folder
+                else "set --data.data_files.SPLIT to local files"
             )
-        self.source_description = f"Hugging Face hub: {HUB_DATASET}/{task.name}"
+            raise hub.hub_unreachable_error(f"{'GLUE ' if task.folder else ''}task {task.name}", hint)
+        config = f"/{task.hub_config}" if task.hub_config else ""
+        self.source_description = f"Hugging Face hub: {task.hub_dataset}{config}"
         return self._hub_loader
+
+    def _task_files_loader(self):
+        """The files a task file names, relative to it (``splits.<split>.file``)."""
+        task = self.task
+        folder = Path(task.files_dir)
+        self.source_description = f"task files: {folder}"
+        self._local_folder = folder
+
+        def load(split: str) -> dict[str, list]:
+            spec = task.splits[split]
+            if spec.filename is None:
+                raise APMError(
+                    f"{task.name}: {task.declared_in} gives split {split!r} no file; add splits.{split}.file"
+                )
+            return read_table(task, folder / spec.filename, self.column_map, spec.labelled, self.encoding)
+
+        return load
 
     def _local_loader(self, folder: Path):
         def load(split: str) -> dict[str, list]:
@@ -191,19 +224,24 @@ class GLUEDataModule(TextDataModule):
     def _hub_loader(self, split: str) -> dict[str, list]:
         import datasets
 
+        task = self.task
         try:
-            table = datasets.load_dataset(HUB_DATASET, self.task.name, split=split)
+            table = datasets.load_dataset(task.hub_dataset, task.hub_config, split=split)
         except Exception as err:
             raise APMError(
-                f"could not load {HUB_DATASET}/{self.task.name} ({split}) from the hub: {err}"
+                f"could not load {task.hub_dataset}/{task.hub_config} ({split}) from the hub: {err}"
             ) from None
-        columns = {"idx": list(table["idx"]), "text_a": list(table[self.task.hub_text_columns[0]])}
-        if self.task.is_pair:
-            columns["text_b"] = list(table[self.task.hub_text_columns[1]])
-        labels = list(table["label"])
-        if not self.task.splits[split].labelled:
-            labels = [float("nan") if self.task.is_regression else -1] * len(labels)
-        columns["label"] = labels
+        ids = list(table[task.hub_id_column]) if task.hub_id_column in table.column_names else None
+        columns = {"idx": ids or list(range(len(table))), "text_a": list(table[task.hub_text_columns[0]])}
+        if task.is_pair:
+            columns["text_b"] = list(table[task.hub_text_columns[1]])
+        if not task.splits[split].labelled:
+            columns["label"] = [float("nan") if task.is_regression else -1] * len(table)
+        elif task.folder is None:  # another dataset's labels may be names: ids as in files
+            to_label = label_converter(task, f"{task.hub_dataset} ({split})")
+            columns["label"] = [to_label(v, i + 1) for i, v in enumerate(table[task.hub_label_column])]
+        else:
+            columns["label"] = list(table[task.hub_label_column])
         return columns
 
     def raw_split(self, split: str) -> dict[str, list]:
@@ -250,7 +288,8 @@ class GLUEDataModule(TextDataModule):
     def _split_file(self, split: str) -> Path | None:
         """The file a split is read from, when it is a local file."""
         if getattr(self, "_local_folder", None) is not None:
-            return self._local_folder / self.task.splits[split].filename
+            filename = self.task.splits[split].filename
+            return self._local_folder / filename if filename else None
         if self.data_files and split in self.data_files:
             return Path(self.data_files[split])
         return None
@@ -273,7 +312,9 @@ class GLUEDataModule(TextDataModule):
         path = self._split_file(split)
         if path is None or not path.is_file():
             return None
-        key = json.dumps([self.task.name, split, self._file_identity(split), self._limit_for(split)])
+        key = json.dumps(
+            [self.task.name, self.task.fingerprint, split, self._file_identity(split), self._limit_for(split)]
+        )
         return self.cache_dir / "validated" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
     def stage_splits(self, stage: str) -> list[str]:
@@ -291,6 +332,7 @@ class GLUEDataModule(TextDataModule):
     def _cache_key(self, split: str) -> str:
         parts = [
             self.task.name,
+            self.task.fingerprint,  # a task file edited (columns, labels) is another entry
             split,
             self._file_identity(split),
             self.encoder.fingerprint,

@@ -1,11 +1,11 @@
-"""Readers for GLUE data on disk: the original distribution's TSV layout, and any CSV/TSV/JSON/
-parquet table with a column mapping.
+"""Readers for a task's files on disk: the original GLUE distribution's TSV layout, and any
+CSV/TSV/JSON/parquet table with a column mapping (a user's task files among them).
 
 Every reader returns the same columns, so the rest of the pipeline never sees a file format:
 ``idx`` (the example index: the file's ``index`` column where it has one, else the row number),
-``text_a``, ``text_b`` (pair tasks only) and ``label`` (a class id, a float for STS-B, and -1 or
-NaN for unlabelled test splits). Problems are reported as one :class:`APMError` line naming the
-file, the line and what is wrong.
+``text_a``, ``text_b`` (pair tasks only) and ``label`` (a class id, a float for regression, and
+-1 or NaN for unlabelled test splits). Problems are reported as one :class:`APMError` line naming
+the file, the line and what is wrong.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from apm_lightning.core.checks import not_a_file_reason, shorten
 from apm_lightning.core.errors import APMError, user_error
-from apm_lightning.data.glue_tasks import GlueTask
+from apm_lightning.data.task_spec import TaskSpec
 from apm_lightning.data.text_encoding import check_decodes, decode_error, resolve_encoding
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,23 @@ log = logging.getLogger(__name__)
 csv.field_size_limit(1 << 24)
 
 
-def _label_converter(task: GlueTask, where: str):
+def label_converter(task: TaskSpec, where: str):
     """Return a function turning a label as written in a file into an id (or a float score)."""
     if task.is_regression:
+        low, high = task.score_range or (None, None)
+        bounds = f"[{low:g}, {high:g}]" if low is not None else ""
+        range_text = f" ({task.name} scores are floats in {bounds})" if bounds else ""
+        outside = f"outside {bounds}" if bounds else "not finite"
 
         def to_score(value: Any, line: int) -> float:
             try:
                 score = float(value)
             except (TypeError, ValueError):
                 raise APMError(
-                    f"{where}, line {line}: score {shorten(repr(value))} is not a number "
-                    f"(STS-B scores are floats in [0, 5])"
+                    f"{where}, line {line}: score {shorten(repr(value))} is not a number{range_text}"
                 ) from None
-            if not math.isfinite(score) or not 0.0 <= score <= 5.0:
-                raise APMError(f"{where}, line {line}: score {score} is outside [0, 5]")
+            if not math.isfinite(score) or (low is not None and not low <= score <= high):
+                raise APMError(f"{where}, line {line}: score {score} is {outside}")
             return score
 
         return to_score
@@ -67,7 +70,7 @@ def _label_converter(task: GlueTask, where: str):
     return to_id
 
 
-def _empty_columns(task: GlueTask) -> dict[str, list]:
+def _empty_columns(task: TaskSpec) -> dict[str, list]:
     columns: dict[str, list] = {"idx": [], "text_a": []}
     if task.is_pair:
         columns["text_b"] = []
@@ -76,7 +79,7 @@ def _empty_columns(task: GlueTask) -> dict[str, list]:
 
 
 def read_glue_tsv(
-    task: GlueTask, path: str | Path, labelled: bool, encoding: str = "auto"
+    task: TaskSpec, path: str | Path, labelled: bool, encoding: str = "auto"
 ) -> dict[str, list]:
     """Read one split file of the original GLUE layout (quoting disabled: quotes are text);
     ``encoding`` ``auto`` is UTF-8, or what the file's byte-order mark says (UTF-16...)."""
@@ -96,8 +99,8 @@ def read_glue_tsv(
         raise decode_error(path, codec) from None
 
 
-def _read_glue_tsv(task: GlueTask, path: Path, labelled: bool, encoding: str) -> dict[str, list]:
-    to_label = _label_converter(task, str(path)) if labelled else None
+def _read_glue_tsv(task: TaskSpec, path: Path, labelled: bool, encoding: str) -> dict[str, list]:
+    to_label = label_converter(task, str(path)) if labelled else None
     missing_label = float("nan") if task.is_regression else -1
     columns = _empty_columns(task)
     skipped = 0
@@ -162,7 +165,7 @@ _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json
 
 
 def read_table(
-    task: GlueTask,
+    task: TaskSpec,
     path: str | Path,
     column_map: dict[str, str] | None,
     labelled: bool,
@@ -211,6 +214,7 @@ def read_table(
     mapping = {"text_a": "sentence1" if task.is_pair else "sentence", "label": "label"}
     if task.is_pair:
         mapping["text_b"] = "sentence2"
+    mapping.update(task.column_map or {})  # a task file's own columns
     mapping.update(column_map or {})
     needed = ["text_a"] + (["text_b"] if task.is_pair else []) + (["label"] if labelled else [])
     absent = [f"{ours} -> {mapping[ours]!r}" for ours in needed if mapping[ours] not in table.column_names]
@@ -230,7 +234,7 @@ def read_table(
     if task.is_pair:
         columns["text_b"] = [str(v) for v in table[mapping["text_b"]]]
     if labelled:
-        to_label = _label_converter(task, str(path))
+        to_label = label_converter(task, str(path))
         # Line numbers count a header row for CSV/TSV, so row i is on line i + 2.
         offset = 2 if fmt == "csv" else 1
         columns["label"] = [to_label(v, i + offset) for i, v in enumerate(table[mapping["label"]])]

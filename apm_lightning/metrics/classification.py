@@ -1,8 +1,10 @@
-"""GLUE metrics, exactly as the benchmark defines them, computed by torchmetrics.
+"""The metrics of a classification (or regression) task, as GLUE defines them, computed by
+torchmetrics. A task names its metrics (``apm_lightning.data.task_spec.METRIC_NAMES``):
 
 CoLA (and AX): Matthews correlation; SST-2, QNLI, RTE, WNLI, MNLI: accuracy; MRPC and QQP: F1 of
 the positive class and accuracy; STS-B: Pearson and Spearman correlation. A task's main score is
-the mean of its metrics, as the GLUE paper scores a task with two metrics.
+the mean of its metrics, as the GLUE paper scores a task with two metrics, or the one metric its
+``main_metric`` names.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from apm_lightning.data.glue_tasks import GlueTask
+from apm_lightning.data.task_spec import TaskSpec
 
 
 class GlueBinaryMCC(BinaryMatthewsCorrCoef):
@@ -33,7 +35,7 @@ class GlueBinaryMCC(BinaryMatthewsCorrCoef):
         return super().compute()
 
 
-def build_glue_metrics(task: GlueTask) -> MetricCollection:
+def build_metrics(task: TaskSpec) -> MetricCollection:
     """A metric collection for ``task``; update it with predicted class ids (or scores for
     STS-B) and targets."""
     metrics = {}
@@ -54,17 +56,18 @@ def build_glue_metrics(task: GlueTask) -> MetricCollection:
         elif name == "spearman":
             metrics[name] = SpearmanCorrCoef()
         else:
-            raise ValueError(f"unknown GLUE metric {name!r}")
+            raise ValueError(f"unknown metric {name!r}")  # task files are checked against the list
     return MetricCollection(metrics)
 
 
-def predictions_from_logits(task: GlueTask, logits: torch.Tensor) -> torch.Tensor:
+def predictions_from_logits(task: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
     """Class ids for classification, the predicted score for regression."""
     if task.is_regression:
         return logits.squeeze(-1).float()
     return logits.argmax(dim=-1)
 
 
-def main_score(values: dict[str, float], task: GlueTask) -> float:
-    """The task's single score: the mean of its metrics (GLUE averages two-metric tasks)."""
-    return sum(float(values[m]) for m in task.metrics) / len(task.metrics)
+def main_score(values: dict[str, float], task: TaskSpec) -> float:
+    """The task's single score: the mean of its metrics (GLUE averages two-metric tasks), or its
+    main metric."""
+    return sum(float(values[m]) for m in task.score_metrics) / len(task.score_metrics)
