@@ -122,6 +122,13 @@ def test_apm_fit_on_a_task_file(tmp_path):
     assert set(results["metrics"]) == {"f1", "accuracy", "main"}
     assert results["metrics"]["main"] == results["metrics"]["f1"]  # main_metric: f1
     assert 0.0 <= results["metrics"]["accuracy"] <= 1.0 and results["train_examples"] == 32
+    # The checkpoint carries the declaration: a fresh process that never saw the task file
+    # exports it (the exported config names the task's labels).
+    out = tmp_path / "hf"
+    exported = run_apm(["export", results["best_checkpoint"], str(out)])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == sorted(get_task(str(EXAMPLE)).label_names)
 
 
 def test_apm_glue_on_a_task_file(tmp_path):

@@ -60,6 +60,11 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[key]
 
 
+def is_registered(name: str) -> bool:
+    key = name.strip().lower()
+    return _ALIASES.get(key, key) in TASKS
+
+
 def task_file(name: str) -> Path | None:
     """The file that declared the registered task ``name``, if a user's file did (else None)."""
     task = TASKS.get(_ALIASES.get(name, name))

@@ -111,7 +111,7 @@ class BiLSTMClassifier(ClassifierModule):
     def checkpoint_extras(self) -> dict[str, Any]:
         from apm_lightning.models.bilstm import word_tokenizer_to_json
 
-        return {"word_tokenizer": word_tokenizer_to_json(self.tokenizer)}
+        return {**super().checkpoint_extras(), "word_tokenizer": word_tokenizer_to_json(self.tokenizer)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from apm_lightning.models.bilstm import word_tokenizer_from_json

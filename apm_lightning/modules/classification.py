@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torchmetrics import MeanMetric
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
-from apm_lightning.data.task_spec import TaskSpec
-from apm_lightning.data.tasks import get_task
+from apm_lightning.data.task_spec import TaskSpec, parse_task
+from apm_lightning.data.tasks import get_task, is_registered, register_task, task_file
 from apm_lightning.metrics.classification import build_metrics, main_score, predictions_from_logits
 from apm_lightning.modules.base import APMModule
 
@@ -190,7 +191,16 @@ class ClassifierModule(APMModule):
         return written
 
     # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_extras(self) -> dict[str, Any]:
+        # A task from a user's task file travels with the checkpoint (as the file's text), so
+        # that export and loading work where that file is not: it is data, parsed as any file.
+        path = task_file(self.glue_task.name) if self.glue_task is not None else None
+        return {"task_declaration": path.read_text(encoding="utf-8")} if path is not None else {}
+
     def restore_extras(self, info: dict[str, Any]) -> None:
+        declaration = info.get("task_declaration")
+        if isinstance(declaration, str) and info.get("task") and not is_registered(info["task"]):
+            register_task(parse_task(yaml.safe_load(declaration), f"the checkpoint's task {info['task']!r}"))
         if self.glue_task is not None and info["task"] not in (None, self.glue_task.name):
             raise APMError(
                 f"the checkpoint was trained on task {info['task']!r}, not {self.glue_task.name!r}"
