@@ -33,6 +33,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import attached_trainer
 from apm_lightning.core.seeds import run_seed
 from apm_lightning.core.trust import register_module
 from apm_lightning.modules.base import APMModule
@@ -350,7 +351,7 @@ class PretrainingModule(APMModule):
         by the mean count over ranks; the result equals one process on the whole batch."""
         total = F.cross_entropy(logits.float(), targets, reduction="sum")
         count = torch.tensor(float(targets.numel()), device=logits.device)
-        if self.training and self._trainer is not None and self.trainer.world_size > 1:
+        if self.training and attached_trainer(self) is not None and self.trainer.world_size > 1:
             count = self.trainer.strategy.reduce(count, reduce_op="sum") / self.trainer.world_size
         return total / count.clamp(min=1.0)
 
@@ -473,7 +474,7 @@ class PretrainingModule(APMModule):
     def restore_extras(self, info: dict[str, Any]) -> None:
         # Resuming a fit continues the count; scoring the best checkpoint at the end of a run
         # must not roll the run's total back.
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None or trainer.state.fn == "fit":
             self.tokens_seen = int(info.get("tokens_seen", 0))
 
