@@ -95,12 +95,12 @@ def test_seeded_samplers_repeat_their_proposals():
         (check_sampler, {"name": "tpe", "startup": 3}, "sampler tpe has no option startup (options: "),
         (check_sampler, {"name": "tpe", "gamma": "x"}, "sampler tpe has no option gamma"),  # a callable
         (check_sampler, {"name": "tpe", "type": "tpe"}, "give 'name' only"),
-        (check_sampler, "tpe", "write a mapping such as {name: tpe}"),
-        (check_sampler, {"name": "tpe", "group": True, "multivariate": False}, "sampler: tpe: "),
+        (check_sampler, "tpe", "sampler must be a mapping such as {name: tpe}"),
+        (check_sampler, {"name": "tpe", "group": True, "multivariate": False}, "sampler tpe: "),
         (check_pruner, {"name": "asha"}, "unknown pruner 'asha' (choose one of median, percentile"),
         (check_pruner, {"name": "median", "patience": 2}, "pruner median has no option patience"),
         (check_pruner, {"name": "none", "x": 1}, "pruner none has no option x (options: none)"),
-        (check_pruner, {"name": "median", "n_warmup_steps": -1}, "pruner: median: "),
+        (check_pruner, {"name": "median", "n_warmup_steps": -1}, "pruner median: "),
     ],
 )
 def test_bad_sampler_or_pruner_is_one_line(check, raw, message):
@@ -114,7 +114,7 @@ def test_a_bad_sampler_refuses_the_sweep_before_anything_is_written(tmp_path, ca
     out = tmp_path / "out"
     assert main(["sweep", "-c", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("apm: error: ") and f"{path}: sampler: sampler tpe has no option n_startup" in err
+    assert err.startswith("apm: error: ") and f"{path}: sampler tpe has no option n_startup" in err
     assert len(err.splitlines()) == 1 and not out.exists()
 
 

@@ -234,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a running trial's heartbeats; a trial whose worker missed 3 is failed "
         f"and run again (at most {MAX_RETRY} times)",
     )
-    p.add_argument("--sampler-seed", type=int, default=None, help="seed the sampler (one worker only)")
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
+        help="seed the sampler, over the sweep file's seed (reproducible with one worker only)",
+    )
     p.add_argument("--model", default=None, help="a model config YAML to compose, or a backbone")
     p.add_argument("--backend", choices=("optuna", "wandb"), default="optuna")
     p.add_argument("--wandb-project", default="apm-lightning", help="project of a W&B sweep")

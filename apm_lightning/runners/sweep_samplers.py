@@ -64,10 +64,10 @@ def _options(cls: type) -> list[str]:
 def _settings(raw: Any, where: str, kind: str, choices: list[str], default: str) -> dict[str, Any]:
     """``{name: ..., **options}`` from the sweep file's mapping (``type`` read as ``name``)."""
     if not isinstance(raw, dict):
-        raise APMError(f"{where}: write a mapping such as {{name: {default}}}, not {raw!r}")
+        raise APMError(f"{where}: {kind} must be a mapping such as {{name: {default}}}, not {raw!r}")
     options = dict(raw)
     if "name" in options and "type" in options:
-        raise APMError(f"{where}: give 'name' only ('type' is its older spelling)")
+        raise APMError(f"{where}: {kind}: give 'name' only ('type' is its older spelling)")
     name = options.pop("name", options.pop("type", default))
     if name not in choices:
         raise APMError(f"{where}: unknown {kind} {name!r} (choose one of {', '.join(choices)})")
@@ -86,7 +86,7 @@ def _check_options(cls: type, settings: dict[str, Any], where: str, kind: str) -
     return options
 
 
-def _construct(cls: type, options: dict[str, Any], where: str, name: str) -> Any:
+def _construct(cls: type, options: dict[str, Any], where: str, what: str) -> Any:
     import optuna
 
     with warnings.catch_warnings():  # "experimental" arguments (multivariate TPE in Optuna 4)
@@ -94,7 +94,7 @@ def _construct(cls: type, options: dict[str, Any], where: str, name: str) -> Any
         try:
             return cls(**options)
         except (TypeError, ValueError) as err:
-            raise APMError(f"{where}: {name}: {err}") from None
+            raise APMError(f"{where}: {what}: {err}") from None
 
 
 def sampler_options(settings: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
@@ -108,20 +108,20 @@ def sampler_options(settings: dict[str, Any], seed: int | None = None) -> dict[s
     return options
 
 
-def check_sampler(raw: Any, where: str = "sampler") -> dict[str, Any]:
+def check_sampler(raw: Any, where: str = "sweep file") -> dict[str, Any]:
     """The sweep file's sampler, checked (name, options, values); the optional package is
     checked when a study is opened (``build_sampler``), not for a W&B sweep file."""
     settings = _settings(raw, where, "sampler", list(SAMPLERS), "tpe")
     cls = _optuna_class("samplers", SAMPLERS[settings["name"]][0], "sampler", settings["name"], where)
     _check_options(cls, settings, where, "sampler")
-    _construct(cls, sampler_options(settings), where, settings["name"])
+    _construct(cls, sampler_options(settings), where, f"sampler {settings['name']}")
     return settings
 
 
-def check_pruner(raw: Any, where: str = "pruner") -> dict[str, Any]:
+def check_pruner(raw: Any, where: str = "sweep file") -> dict[str, Any]:
     settings = _settings(raw, where, "pruner", list(PRUNERS), "median")
     cls = _optuna_class("pruners", PRUNERS[settings["name"]], "pruner", settings["name"], where)
-    _construct(cls, _check_options(cls, settings, where, "pruner"), where, settings["name"])
+    _construct(cls, _check_options(cls, settings, where, "pruner"), where, f"pruner {settings['name']}")
     return settings
 
 
@@ -134,12 +134,13 @@ def build_sampler(settings: dict[str, Any], seed: int | None = None):
     for module, package in needs:
         if importlib.util.find_spec(module) is None:
             raise APMError(f"sampler {name} needs the {package} package: pip install {package}")
-    cls = _optuna_class("samplers", class_name, "sampler", name, "sampler")
-    return _construct(cls, sampler_options(settings, seed), "sampler", name)
+    cls = _optuna_class("samplers", class_name, "sampler", name, "sweep file")
+    return _construct(cls, sampler_options(settings, seed), "sweep file", f"sampler {name}")
 
 
 def build_pruner(settings: dict[str, Any] | None):
     """The Optuna pruner of the sweep file's ``pruner`` (None: no pruning)."""
     settings = check_pruner(settings if settings is not None else {"name": "none"})
-    cls = _optuna_class("pruners", PRUNERS[settings["name"]], "pruner", settings["name"], "pruner")
-    return _construct(cls, {k: v for k, v in settings.items() if k != "name"}, "pruner", settings["name"])
+    name = settings["name"]
+    cls = _optuna_class("pruners", PRUNERS[name], "pruner", name, "sweep file")
+    return _construct(cls, {k: v for k, v in settings.items() if k != "name"}, "sweep file", f"pruner {name}")

@@ -88,8 +88,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         overrides=[t for item in data.get("overrides") or [] for t in shlex.split(str(item))],
         metric=data.get("metric", "val/main"),
         direction=data.get("direction", "maximize"),
-        sampler=check_sampler(data.get("sampler") or {"name": "tpe"}, f"{path}: sampler"),
-        pruner=check_pruner(pruner if pruner is not None else {"name": "none"}, f"{path}: pruner"),
+        sampler=check_sampler(data.get("sampler") or {"name": "tpe"}, str(path)),
+        pruner=check_pruner(pruner if pruner is not None else {"name": "none"}, str(path)),
     )
 
 
