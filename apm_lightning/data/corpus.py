@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from apm_lightning.core.cache import default_cache_dir
 from apm_lightning.core.checks import require_positive, require_sample_limit
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import skip_datamodule_hparams_logging
 from apm_lightning.core.redact import redact_text
 from apm_lightning.data.collate import EpochBatchSampler, ResumableLoader
 from apm_lightning.data.text_encoding import check_encoding_name
@@ -180,7 +181,7 @@ class CorpusDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._log_hyperparams = False  # the CLI logs the whole config
+        skip_datamodule_hparams_logging(self)  # the CLI logs the whole config
         if block_size < 8:
             raise APMError(f"block_size={block_size} is too short (use 8 or more)")
         require_positive("data.batch_size", batch_size)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import attached_trainer
 from apm_lightning.core.seeds import run_seed
 from apm_lightning.core.trust import register_module
 from apm_lightning.modules.base import APMModule
@@ -240,7 +241,7 @@ class PretrainingModule(APMModule):
     def restore_extras(self, info: dict[str, Any]) -> None:
         # Resuming a fit continues the count; scoring the best checkpoint at the end of a run
         # must not roll the run's total back.
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None or trainer.state.fn == "fit":
             self.tokens_seen = int(info.get("tokens_seen", 0))
 

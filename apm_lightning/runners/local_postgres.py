@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import pg_ctl as find_pg_ctl
 
 
 def _free_port() -> int:
@@ -48,7 +49,8 @@ class LocalPostgres:
             with warnings.catch_warnings():  # platformdirs: no $XDG_RUNTIME_DIR in containers, /tmp is fine
                 warnings.simplefilter("ignore")
                 import pgserver
-                from pgserver._commands import pg_ctl
+
+                pg_ctl = find_pg_ctl()
         except ImportError:
             raise APMError("a local PostgreSQL needs the pgserver package: pip install pgserver") from None
         pgdata = self.folder / "pgdata"
@@ -73,8 +75,7 @@ class LocalPostgres:
     def stop(self) -> None:
         if self._server is None:
             return
-        from pgserver._commands import pg_ctl
-
+        pg_ctl = find_pg_ctl()
         pgdata, user = self._server
         self._server = None
         if user is not None:  # as root: the server's user must reach the folder (pytest's are 0700)

@@ -17,7 +17,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from apm_lightning.runners.sweep import PRUNED_FILE, STORAGE_ENV, build_pruner, open_storage
+from apm_lightning.core.library_compat import trial_from_storage_id
+from apm_lightning.runners.sweep_samplers import build_pruner
+from apm_lightning.runners.sweep_spec import PRUNED_FILE, STORAGE_ENV
+from apm_lightning.runners.sweep_study import open_storage
 
 
 class OptunaPruning(pl.Callback):
@@ -34,7 +37,7 @@ class OptunaPruning(pl.Callback):
         self.study_name = study_name
         self.trial_id = trial_id
         self.monitor = monitor
-        self.pruner = pruner or {"type": "median"}
+        self.pruner = pruner or {"name": "median"}
         self.validations = 0
         self._trial = None
 
@@ -50,7 +53,7 @@ class OptunaPruning(pl.Callback):
                 storage=open_storage(url, heartbeat=False),
                 pruner=build_pruner(self.pruner),
             )
-            self._trial = optuna.trial.Trial(study, self.trial_id)
+            self._trial = trial_from_storage_id(study, self.trial_id)
         return self._trial
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

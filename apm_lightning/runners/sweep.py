@@ -3,17 +3,21 @@
     apm sweep -c experiments/sweeps/sst2_minilm.yaml --n-trials 20 [--storage URL]
 
 The sweep file names the fit configs, fixed overrides, the metric and its direction, the search
-space, the sampler (TPE) and the pruner (median). Each trial is an ``apm fit`` in OUT/trial-NNNN
-with its own ``results.json``; its value is the metric of the best checkpoint on dev, and the
-pruner stops a weak trial after a validation (:class:`~apm_lightning.runners.pruning.OptunaPruning`).
+space, the sampler (``{name: tpe|random|gp|cmaes|qmc, <options>}``; TPE with constant liar and
+multivariate by default) and the pruner (``{name: median|percentile|successive_halving|hyperband|
+threshold|none, <options>}``), options as Optuna's classes take them. Each trial is an ``apm fit``
+in OUT/trial-NNNN with its own ``results.json``; its value is the metric of the best checkpoint on
+dev, and the pruner stops a weak trial after a validation
+(:class:`~apm_lightning.runners.pruning.OptunaPruning`).
 
 The study lives in a database: SQLite in OUT by default, or any SQLAlchemy URL (PostgreSQL,
-MySQL) that workers on many machines share. ``--n-trials`` is the study's total, not each
-worker's: running the command again continues the study, and workers started at once share the
-count. A trial that crashes or runs out of memory is recorded as failed and the study goes on;
-each failure is one line (``APM_DEBUG=1`` adds Optuna's traceback). When no trial completes, the
-command exits 2 with the first trial's error; two trials in a row failing the same way before
-any completed stop the worker (the fault is in the options or data, not in the sampled values).
+MySQL) that workers on many machines share; ``optuna-dashboard`` and the ``optuna`` CLI open it.
+``--n-trials`` is the study's total, not each worker's: running the command again continues the
+study, and workers started at once share the count. A trial that crashes or runs out of memory
+is recorded as failed and the study goes on; each failure is one line (``APM_DEBUG=1`` adds
+Optuna's traceback). When no trial completes, the command exits 2 with the first trial's error;
+two trials in a row failing the same way before any completed stop the worker (the fault is in
+the options or data, not in the sampled values).
 
 Options ``apm sweep`` does not know go to every trial's ``apm fit`` (``--data.data_dir DIR``).
 
@@ -26,211 +30,43 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import re
-import shlex
 import socket
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from apm_lightning.core import library_compat as compat
 from apm_lightning.core.checks import check_output_dir
-from apm_lightning.core.config_files import read_config_file
 from apm_lightning.core.errors import APMError
-from apm_lightning.core.files import write_json_atomic
-from apm_lightning.core.recipes import find_recipe, resolve_config
+from apm_lightning.core.recipes import resolve_config
 from apm_lightning.core.redact import redact_text as redact_url
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 
-STORAGE_ENV = "APM_OPTUNA_STORAGE"  # the child's way to the study, kept out of saved configs
-PRUNED_FILE = "pruned.json"  # written by the pruning callback in the trial's run dir
-SPACE_TYPES = ("float", "int", "categorical")
-HEARTBEAT_SECONDS = 60  # a worker's running trial beats this often; 3 beats missed: its worker is dead
-MAX_RETRY = 2  # a trial whose worker died is run again this many times at most
-SPEC_KEYS = {"name", "base_configs", "overrides", "metric", "direction", "space", "sampler", "pruner"}
-
-
-@dataclass
-class SweepSpec:
-    name: str
-    base_configs: list[str]
-    space: dict[str, dict[str, Any]]
-    overrides: list[str] = field(default_factory=list)
-    metric: str = "val/main"
-    direction: str = "maximize"
-    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
-    pruner: dict[str, Any] | None = field(default_factory=lambda: {"type": "median"})
-
-
-def _find(path: str, sweep_file: Path) -> str:
-    """A config path as written in the sweep file: relative to the working directory, else to
-    a folder above the sweep file (so ``experiments/glue/rte.yaml`` works from anywhere)."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or candidate.is_file():
-        return str(candidate.resolve())
-    for parent in sweep_file.resolve().parents:
-        if (parent / candidate).is_file():
-            return str(parent / candidate)
-    if find_recipe(path) is not None:  # a shipped recipe (the package installed, no checkout)
-        return str(find_recipe(path))
-    raise APMError(f"{sweep_file}: base config {path} not found")
-
-
-def _checked(config: str, sweep_file: Path) -> str:
-    """A base config that every trial would fail on fails the sweep now, in one line."""
-    read_config_file(config, f"{sweep_file}: base config")
-    return config
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.exists():
-        raise APMError(f"sweep file not found: {path}")
-    data = read_config_file(path, "sweep file")  # not text, not YAML, not a mapping: one line
-    unknown = set(data) - SPEC_KEYS
-    if unknown:
-        raise APMError(
-            f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(SPEC_KEYS))})"
-        )
-    if not data.get("space"):
-        raise APMError(f"{path}: 'space' is empty: nothing to search")
-    for name, dist in data["space"].items():
-        kind = (dist or {}).get("type")
-        if kind not in SPACE_TYPES:
-            raise APMError(f"{path}: space.{name}: type must be one of {', '.join(SPACE_TYPES)}")
-        needed = ("choices",) if kind == "categorical" else ("low", "high")
-        if any(k not in dist for k in needed):
-            raise APMError(f"{path}: space.{name} ({kind}) needs {' and '.join(needed)}")
-    if data.get("direction", "maximize") not in ("maximize", "minimize"):
-        raise APMError(f"{path}: direction must be maximize or minimize")
-    return SweepSpec(
-        name=str(data.get("name") or path.stem),
-        base_configs=[_checked(_find(c, path), path) for c in data.get("base_configs") or []],
-        space=dict(data["space"]),
-        # Overrides may be written as tokens or as option strings ("--data.batch_size 16").
-        overrides=[t for item in data.get("overrides") or [] for t in shlex.split(str(item))],
-        metric=data.get("metric", "val/main"),
-        direction=data.get("direction", "maximize"),
-        sampler=data.get("sampler") or {"type": "tpe"},
-        pruner=data.get("pruner", {"type": "median"}),
-    )
-
-
-# --------------------------------------------------------------------------- optuna objects
-def build_sampler(settings: dict[str, Any], seed: int | None = None):
-    import optuna
-
-    settings = dict(settings)
-    kind = settings.pop("type", "tpe")
-    if seed is not None:
-        settings["seed"] = seed
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if kind not in samplers:
-        raise APMError(f"unknown sampler {kind!r}: choose one of {', '.join(samplers)}")
-    return samplers[kind](**settings)
-
-
-def build_pruner(settings: dict[str, Any] | None):
-    import optuna
-
-    settings = dict(settings or {"type": "none"})
-    kind = settings.pop("type", "median")
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind != "median":
-        raise APMError(f"unknown pruner {kind!r}: choose median or none")
-    return optuna.pruners.MedianPruner(**settings)
-
-
-def open_storage(url: str, heartbeat: bool = True, heartbeat_interval: int = HEARTBEAT_SECONDS):
-    """An RDB storage. SQLite waits for locks instead of failing (several local workers), and
-    with heartbeats a trial whose worker died (killed, machine lost) is marked failed once its
-    heartbeat is ``3 x heartbeat_interval`` old, and run again with the same parameters."""
-    import optuna
-
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and stable enough
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        beat: dict[str, Any] = {}
-        if heartbeat:
-            beat = {"heartbeat_interval": heartbeat_interval, "grace_period": 3 * heartbeat_interval}
-            # The retry is a new trial; the failed one then no longer counts (see _counted).
-            # Optuna 4.9 renamed the callback and its argument.
-            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-                beat["heartbeat_stale_trial_callback"] = retry
-            else:
-                beat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
-
-
-def open_study(
-    spec: SweepSpec,
-    url: str,
-    study_name: str,
-    sampler_seed: int | None = None,
-    heartbeat_interval: int = HEARTBEAT_SECONDS,
-):
-    """Create the study or join it; workers starting together may race to create the tables
-    and the study, so a failed attempt is retried."""
-    import optuna
-
-    sampler, pruner = build_sampler(spec.sampler, sampler_seed), build_pruner(spec.pruner)
-    for attempt in range(6):
-        try:
-            study = optuna.create_study(
-                storage=open_storage(url, heartbeat_interval=heartbeat_interval),
-                study_name=study_name,
-                direction=spec.direction,
-                load_if_exists=True,
-                sampler=sampler,
-                pruner=pruner,
-            )
-            break
-        except Exception as err:
-            # Only lock and uniqueness conflicts are races; a bad URL or driver fails at once.
-            racing = type(err).__name__ in ("OperationalError", "IntegrityError", "DuplicatedStudyError")
-            if attempt == 5 or not racing:
-                raise APMError(
-                    f"could not open study {study_name} at {redact_url(url)}: {redact_url(str(err))}"
-                ) from None
-            time.sleep(0.3 + random.random())
-    if study.direction.name.lower() != spec.direction:
-        raise APMError(
-            f"study {study_name} exists with direction {study.direction.name.lower()}, not {spec.direction}"
-        )
-    return study
-
-
-def suggest(trial, name: str, dist: dict[str, Any]) -> Any:
-    kind = dist["type"]
-    if kind == "categorical":
-        return trial.suggest_categorical(name, list(dist["choices"]))
-    extra = {k: dist[k] for k in ("log", "step") if dist.get(k) is not None}
-    if kind == "int":
-        return trial.suggest_int(name, int(dist["low"]), int(dist["high"]), **extra)
-    return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), **extra)
-
-
-def param_args(params: dict[str, Any]) -> list[str]:
-    """{'model.learning_rate': 3e-05} -> ['--model.learning_rate', '3e-05'] (YAML spelling)."""
-    out = []
-    for name, value in params.items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-        out += [f"--{name}", text.removesuffix("\n...").strip()]
-    return out
-
-
-def metric_value(results: dict[str, Any], metric: str) -> float:
-    key = metric.split("/", 1)[1] if metric.startswith("val/") else metric
-    if key not in results["metrics"]:
-        raise KeyError(f"results.json has no metric {key!r} (has {', '.join(results['metrics'])})")
-    return float(results["metrics"][key])
+# The sweep's parts, importable from here as before the split.
+from apm_lightning.runners.sweep_samplers import build_pruner, build_sampler  # noqa: F401
+from apm_lightning.runners.sweep_spec import (  # noqa: F401
+    PRUNED_FILE,
+    STORAGE_ENV,
+    SweepSpec,
+    load_spec,
+    metric_value,
+    param_args,
+    suggest,
+)
+from apm_lightning.runners.sweep_study import (  # noqa: F401
+    HEARTBEAT_SECONDS,
+    MAX_RETRY,
+    open_storage,
+    open_study,
+    trial_rows,
+    write_summary,
+)
+from apm_lightning.runners.sweep_wandb import wandb_parameters, wandb_sweep_config  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the worker
@@ -241,10 +77,16 @@ class StudyFull(Exception):
 def _counted(study) -> list:
     """Trials that count towards --n-trials: all but queued ones, our race markers, and failed
     trials of dead workers that were queued again (their retry counts instead)."""
+    import optuna
     from optuna.trial import TrialState
 
+    # The heartbeat retry callback's public reader (its class was renamed in Optuna 4.9).
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    retry = retry or optuna.storages.RetryFailedTrialCallback
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history") or ()}
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.0, and unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {n for t in trials for n in retry.retry_history(t)}
     return [
         t
         for t in trials
@@ -278,11 +120,11 @@ class SweepWorker:
             "--run_name",
             f"{self.study.study_name}-{run_dir.name}",
         ]
-        if self.spec.pruner and self.spec.pruner.get("type", "median") != "none":
+        if self.spec.prunes:
             args += [
                 "--trainer.callbacks+=apm_lightning.runners.pruning.OptunaPruning",
                 f"--trainer.callbacks.study_name={self.study.study_name}",
-                f"--trainer.callbacks.trial_id={trial._trial_id}",  # Optuna's storage key of the trial
+                f"--trainer.callbacks.trial_id={compat.trial_storage_id(trial)}",
                 f"--trainer.callbacks.monitor={self.spec.metric}",
                 f"--trainer.callbacks.pruner={json.dumps(self.spec.pruner)}",
             ]
@@ -349,7 +191,7 @@ class SweepWorker:
         import optuna
         from optuna.trial import TrialState
 
-        storage = self.study._storage
+        storage = compat.study_storage(self.study)
         interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
         if not interval:
             return False
@@ -359,98 +201,6 @@ class SweepWorker:
             if len(_counted(self.study)) < self.n_trials:
                 return True
         return False
-
-
-def trial_rows(study, metric: str) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("apm_skipped"):
-            continue
-        row = {"trial": t.number, "state": t.state.name, metric: t.value}
-        row.update(t.params)
-        row["run_dir"] = t.user_attrs.get("run_dir")
-        row["error"] = t.user_attrs.get("error")
-        rows.append(row)
-    return rows
-
-
-def write_summary(study, spec: SweepSpec, out: Path, url: str) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
-    from apm_lightning.reports.tables import markdown_table, write_csv
-
-    rows = trial_rows(study, spec.metric)
-    columns = ["trial", "state", spec.metric, *spec.space, "run_dir", "error"]
-    write_csv(out / "trials.csv", rows, columns)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    best = None
-    if complete:
-        pick = max if spec.direction == "maximize" else min
-        trial = pick(complete, key=lambda t: t.value)
-        best = {
-            "trial": trial.number,
-            "value": trial.value,
-            "params": trial.params,
-            "run_dir": trial.user_attrs.get("run_dir"),
-        }
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    summary = {
-        "study": study.study_name,
-        "storage": redact_url(url),
-        "metric": spec.metric,
-        "direction": spec.direction,
-        "trials": counts,
-        "best": best,
-    }
-    write_json_atomic(out / "best.json", summary)
-    print(markdown_table(rows, columns[:-1]), flush=True)
-    print(f"apm sweep: {study.study_name}: {counts}; best: {best}", flush=True)
-    return summary
-
-
-# --------------------------------------------------------------------------- W&B sweeps
-def wandb_parameters(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Our search space in W&B's sweep vocabulary."""
-    params: dict[str, Any] = {}
-    for name, d in space.items():
-        if d["type"] == "categorical":
-            params[name] = {"values": list(d["choices"])}
-        elif d["type"] == "float":
-            kind = "log_uniform_values" if d.get("log") else "uniform"
-            params[name] = {"distribution": kind, "min": float(d["low"]), "max": float(d["high"])}
-        else:
-            kind = "q_log_uniform_values" if d.get("log") else "int_uniform"
-            params[name] = {"distribution": kind, "min": int(d["low"]), "max": int(d["high"])}
-            if d.get("log"):
-                params[name]["q"] = 1
-    return params
-
-
-def wandb_sweep_config(spec: SweepSpec, out: Path, extra: list[str], project: str) -> dict[str, Any]:
-    """A sweep whose program is ``apm fit`` with the trial's overrides. The agent runs it
-    through ``sh`` so each run gets its own run directory named by W&B's run id."""
-    fixed = ["python", "-m", "apm_lightning", "fit"]
-    fixed += [a for c in spec.base_configs for a in ("-c", c)] + spec.overrides + extra
-    fixed += ["--wandb_mode", "online", "--wandb_project", project]
-    run_dir = shlex.quote(str(out.resolve()) + "/")
-    script = f'exec {shlex.join(fixed)} --trainer.default_root_dir {run_dir}"$WANDB_RUN_ID" "$@"'
-    method = {"tpe": "bayes", "random": "random"}.get(spec.sampler.get("type", "tpe"), "bayes")
-    config: dict[str, Any] = {
-        "name": spec.name,
-        "project": project,
-        "program": "apm_lightning",
-        "method": method,
-        "metric": {"name": spec.metric, "goal": spec.direction},
-        "parameters": wandb_parameters(spec.space),
-        "command": ["${env}", "sh", "-c", script, "apm-sweep", "${args}"],
-    }
-    if spec.pruner and spec.pruner.get("type", "median") != "none":
-        # W&B has no median rule; Hyperband is its early-termination rule.
-        config["early_terminate"] = {
-            "type": "hyperband",
-            "min_iter": int(spec.pruner.get("n_warmup_steps", 0)) + 1,
-        }
-    return config
 
 
 # --------------------------------------------------------------------------- command line
@@ -484,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a running trial's heartbeats; a trial whose worker missed 3 is failed "
         f"and run again (at most {MAX_RETRY} times)",
     )
-    p.add_argument("--sampler-seed", type=int, default=None, help="seed the sampler (one worker only)")
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
+        help="seed the sampler, over the sweep file's seed (reproducible with one worker only)",
+    )
     p.add_argument("--model", default=None, help="a model config YAML to compose, or a backbone")
     p.add_argument("--backend", choices=("optuna", "wandb"), default="optuna")
     p.add_argument("--wandb-project", default="apm-lightning", help="project of a W&B sweep")

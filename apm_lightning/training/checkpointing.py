@@ -18,10 +18,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from apm_lightning.core import library_compat as compat
 from apm_lightning.core.redact import redact
 
 TMP_SUFFIX = ".tmp"
@@ -53,7 +53,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # Whatever the caller asked for, the user's choice decides (Lightning's default, None,
         # would follow torch's and an environment override).
-        return pl_load(path, map_location=map_location or "cpu", weights_only=not self.allow_unsafe)
+        return compat.load_checkpoint_file(
+            path, map_location=map_location or "cpu", weights_only=not self.allow_unsafe
+        )
 
 
 def redacted_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +83,8 @@ def remove_stale_temporaries(folder: str | Path) -> None:
 def _validation_follows(trainer: pl.Trainer) -> bool:
     """Whether the loop validates right after this training batch (end of epoch included)."""
     loop = trainer.fit_loop.epoch_loop
-    return loop.batch_progress.is_last_batch or loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    fetcher = compat.fit_loop_data_fetcher(trainer.fit_loop)
+    return loop.batch_progress.is_last_batch or compat.epoch_loop_should_check_val(loop, fetcher)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -117,11 +120,11 @@ class LastCheckpoint(ModelCheckpoint):
         if (
             self.every_n_steps < 1
             or step % self.every_n_steps
-            or self._should_skip_saving_checkpoint(trainer)
+            or compat.checkpoint_should_skip(self, trainer)
             or _validation_follows(trainer)
         ):
             return
-        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        compat.checkpoint_save_unmonitored(self, trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         # A validation in the middle of an epoch (val_check_interval; pretraining runs one long
@@ -131,16 +134,16 @@ class LastCheckpoint(ModelCheckpoint):
             or trainer.sanity_checking
             or trainer.state.fn != "fit"
             or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            or self._should_skip_saving_checkpoint(trainer)
+            or compat.checkpoint_should_skip(self, trainer)
         ):
             return
-        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        compat.checkpoint_save_unmonitored(self, trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         # Lightning raises SIGTERMException between batches, when the state is consistent.
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            if not self._should_skip_saving_checkpoint(trainer):
-                self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+            if not compat.checkpoint_should_skip(self, trainer):
+                compat.checkpoint_save_unmonitored(self, trainer)
 
 
 class LoaderPosition(pl.Callback):

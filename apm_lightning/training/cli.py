@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import apm_lightning.modules  # noqa: F401  (registers apm's modules: the classes a checkpoint may name)
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.files import write_json_atomic
+from apm_lightning.core.library_compat import cli_parser
 from apm_lightning.core.redact import redact, redact_text
 from apm_lightning.core.trust import (
     check_model_args,
@@ -369,7 +370,7 @@ class APMCLI(LightningCLI):
 
     def _config_dict(self) -> dict:
         """The resolved config, secrets masked: what results.json and the loggers get."""
-        parser = self._parser(self.subcommand)
+        parser = cli_parser(self, self.subcommand)
         return redact(yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False)))
 
 

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from apm_lightning.core.library_compat import csv_logger_experiment
+
 
 class AppendingWriter(ExperimentWriter):
     """Lightning's writer deletes an existing ``metrics.csv``; this one appends to it (after
@@ -67,7 +69,4 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return csv_logger_experiment(self, lambda: AppendingWriter(log_dir=self.log_dir))

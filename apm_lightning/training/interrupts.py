@@ -16,6 +16,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from apm_lightning.core.library_compat import request_graceful_stop
+
 _received = False
 
 
@@ -44,7 +46,7 @@ class InterruptToCheckpoint(pl.Callback):
                 self._restore()
                 raise KeyboardInterrupt
             _received = True
-            trainer._signal_connector.received_sigterm = True
+            request_graceful_stop(trainer)
 
         self._previous = previous
         signal.signal(signal.SIGINT, handler)

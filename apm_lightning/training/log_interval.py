@@ -9,6 +9,8 @@ import math
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from apm_lightning.core.library_compat import set_progress_bar_refresh_rate
+
 POINTS_PER_RUN = 20
 DEFAULT_INTERVAL = 50  # Lightning's own default
 
@@ -33,4 +35,4 @@ class LogIntervalFromLength(pl.Callback):
                 callback.log_every_n_steps = interval
             # The bar has no setter; apm's own bar in a log file refreshes every 50 batches.
             if type(callback) is TQDMProgressBar and callback.refresh_rate > interval:
-                callback._refresh_rate = interval
+                set_progress_bar_refresh_rate(callback, interval)

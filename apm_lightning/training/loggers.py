@@ -144,11 +144,11 @@ def _step_wandb_logger() -> type:
 
             @rank_zero_only
             def log_metrics(self, metrics: Any, step: int | None = None) -> None:
-                if step is None or self._wandb_init.get("sync_tensorboard"):
-                    return super().log_metrics(metrics, step)
-                from lightning.fabric.utilities.logger import _add_prefix
+                from apm_lightning.core import library_compat as compat
 
-                metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+                if step is None or compat.wandb_init_args(self).get("sync_tensorboard"):
+                    return super().log_metrics(metrics, step)
+                metrics = compat.add_prefix(metrics, compat.logger_prefix(self), self.LOGGER_JOIN_CHAR)
                 fitting = self.trainer is not None and self.trainer.state.fn == "fit"
                 at = step + 1 if fitting else step
                 self.experiment.log(dict(metrics, **{"trainer/global_step": step}), step=at)

@@ -30,6 +30,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import attached_trainer
 
 if TYPE_CHECKING:
     from apm_lightning.modules.pretraining import PretrainingModule
@@ -131,7 +132,7 @@ class Objective:
         count over ranks; the result equals one process on the whole batch."""
         module = self.module
         counted = torch.tensor(float(count), device=total.device)
-        if module.training and module._trainer is not None and module.trainer.world_size > 1:
+        if module.training and attached_trainer(module) is not None and module.trainer.world_size > 1:
             counted = module.trainer.strategy.reduce(counted, reduce_op="sum") / module.trainer.world_size
         return total / counted.clamp(min=1.0)
 
