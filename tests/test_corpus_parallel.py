@@ -18,7 +18,7 @@ import pytest
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.data.base import TextDataModule
-from apm_lightning.data.corpus import CorpusDataModule
+from apm_lightning.data.corpus import CorpusDataModule, separator_id, token_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
@@ -85,20 +85,31 @@ def test_two_processes_give_the_same_blocks(tmp_path, one_process):
 
 def test_a_killed_build_resumes_with_the_shards_left(tmp_path, one_process):
     # A real SIGKILL, sent by the building process itself once 3 shards are done (so the test
-    # does not race the build); its worker processes go with its process group.
+    # does not race the build). The killed process runs the build as token_folder() does, but
+    # imports only the text source, the shard builder and `tokenizers` (not torch: seconds).
+    dm = corpus(tmp_path, shard_chars=SMALL_SHARDS)
+    dm.encoder = dm.make_encoder()
+    building = tmp_path / "corpus" / f"{dm.cache_key()}.building"
+    tokenizer_file = tmp_path / "tokenizer.json"
+    dm.tokenizer.backend_tokenizer.save(str(tokenizer_file))
     script = f"""
-import os, signal, sys
-sys.path.insert(0, {str(REPO / "tests")!r})
-from test_corpus_parallel import corpus
+import os, signal
 from pathlib import Path
+from tokenizers import Tokenizer
+from apm_lightning.data.corpus_shards import build_shards
+from apm_lightning.data.text_sources import TextSource
 done = []
 def kill_after_three(shard):
     done.append(shard["index"])
     if len(done) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-dm = corpus(Path({str(tmp_path)!r}), num_proc=1, shard_chars={SMALL_SHARDS})
-dm.encoder = dm.make_encoder()
-dm.token_folder(on_shard_done=kill_after_three)
+build_shards(
+    TextSource(files=[{str(WIKI)!r}], max_documents={DOCUMENTS}).documents(),
+    Tokenizer.from_file({str(tokenizer_file)!r}),
+    Path({str(building)!r}),
+    sep={separator_id(dm.tokenizer)}, dtype={token_dtype(dm.tokenizer)!r}, validation_fraction=0.1,
+    split_seed=0, shard_chars={SMALL_SHARDS}, on_shard_done=kill_after_three,
+)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, env=os.environ.copy())
     try:
@@ -108,17 +119,17 @@ dm.token_folder(on_shard_done=kill_after_three)
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    (building,) = (tmp_path / "corpus").glob("*.building")
     done = sorted(building.glob("shard-*.json"))
     assert [p.name for p in done] == [f"shard-{i:05d}.json" for i in range(3)]
     before = {p.name: p.stat().st_mtime_ns for p in building.glob("*-0000[012].bin")}
     assert len(before) == 6
+    stale = building / ".train-00003.bin.tmp"  # what a worker killed mid-shard leaves
+    stale.write_bytes(b"\0" * 10)
 
     built: list[int] = []
-    dm = corpus(tmp_path, shard_chars=SMALL_SHARDS)
-    dm.encoder = dm.make_encoder()
     folder = dm.token_folder(on_shard_done=lambda shard: built.append(shard["index"]))
     assert not building.exists() and (folder / "meta.json").is_file()
+    assert not (folder / stale.name).exists()
     # Only the shards not done were tokenized; the done ones are the very same files.
     assert sorted(built) == list(range(3, len(dm_meta(folder)["shards"]["train"])))
     assert {name: (folder / name).stat().st_mtime_ns for name in before} == before
