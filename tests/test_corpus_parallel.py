@@ -213,3 +213,4 @@ def test_streamed_hub_dataset_offline_fails_fast(tmp_path, monkeypatch, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "offline mode" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before the run started

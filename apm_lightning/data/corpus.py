@@ -273,6 +273,7 @@ class CorpusDataModule(TextDataModule):
     def check(self, stage: str) -> None:
         """Fail before training on text that is not there (globs that match nothing)."""
         self.source_description = self.source.describe()
+        self.source.check_dataset()
         rank_zero_info(redact_text(f"corpus: {self.source_description}"))
 
     def cache_key(self) -> str:

@@ -97,6 +97,17 @@ class TextSource:
             parts["dataset_mtime"] = stat.st_mtime_ns
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
+    def check_dataset(self) -> None:
+        """A hub dataset offline fails here, before a run starts, in one line."""
+        from apm_lightning.core import hub
+
+        if self.dataset and not Path(self.dataset).exists():
+            if hub.hub_offline_requested() or not hub.hub_reachable():
+                raise hub.hub_unreachable_error(
+                    f"dataset {self.dataset!r}",
+                    "pass text files (data.files) or local data files (data.dataset)",
+                )
+
     def describe(self) -> str:
         parts = []
         if self.files:
@@ -225,8 +236,6 @@ class TextSource:
         """Records of a streamed ``datasets.IterableDataset``, one at a time."""
         import datasets
 
-        from apm_lightning.core import hub
-
         name = self.dataset
         local = Path(name)
         if local.exists():
@@ -239,10 +248,7 @@ class TextSource:
             loaded = datasets.load_dataset(builder, data_files={self.dataset_split: files}, streaming=True)
             loaded = loaded[self.dataset_split]
         else:
-            if hub.hub_offline_requested() or not hub.hub_reachable():
-                raise hub.hub_unreachable_error(
-                    f"dataset {name!r}", "pass text files (data.files) or local data files (data.dataset)"
-                )
+            self.check_dataset()
             repo, _, config = name.partition(":")
             loaded = datasets.load_dataset(repo, config or None, split=self.dataset_split, streaming=True)
         columns = loaded.column_names  # None when the features are only known after reading
