@@ -20,8 +20,9 @@ Peers (each in a fresh interpreter, sequentially, with a fresh empty cache folde
                      smaller corpus: seconds from launch to the end of the process (the build,
                      then one step); and the same again on the warm cache
 tokens/s = tokens written (train + validation, separators included for apm) / seconds, the clock
-inside the child around the build only (imports before it). Peak RSS: the child's own
-(``ru_maxrss``) and its largest worker's (``RUSAGE_CHILDREN``); "total" adds N workers.
+inside the child around the build only (imports and the tokenizer's loading before it). Peak
+RSS, sampled every 50 ms (psutil) during the build: the child's own, its workers' together, and
+the two added ("total"; pages shared between processes are counted in each).
 
 Ratios (reported): apm_np2 / apm_np1 tokens/s (parallel speed-up), apm_npN / hf_npN tokens/s;
 hard: apm_np2 peak total RSS at the larger size / at the smaller <= 1.25 (memory stays flat).
@@ -35,10 +36,10 @@ import json
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,49 @@ def generate(path: Path, size_mb: float, pool: list[str], seed: int = 0) -> int:
 
 
 # --------------------------------------------------------------------------- children
-def rss_mb() -> dict[str, float]:
-    kib = 1024 if sys.platform != "darwin" else 2**20
-    return {
-        "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
-        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
-    }
+class TreeRSS:
+    """Peak resident memory of this process and of its worker processes, sampled every 50 ms by
+    a thread (psutil). ``RUSAGE_CHILDREN`` would not do: a child's ``ru_maxrss`` counts the
+    parent's pages at the fork before its exec, so every spawned worker looks as large as us."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = {"self_rss_mb": 0.0, "workers_rss_mb": 0.0, "total_rss_mb": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        own = self.me.memory_info().rss / 2**20
+        workers = 0.0
+        for child in self.me.children(recursive=True):
+            try:
+                workers += child.memory_info().rss / 2**20
+            except psutil.Error:  # it ended between the listing and the reading
+                pass
+        for key, value in (
+            ("self_rss_mb", own),
+            ("workers_rss_mb", workers),
+            ("total_rss_mb", own + workers),
+        ):
+            self.peak[key] = max(self.peak[key], value)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.sample()
+
+    def __enter__(self) -> TreeRSS:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def child_apm(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,16 +155,17 @@ def child_apm(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=str(args.cache_dir),
     )
     dm.encoder = dm.make_encoder()
-    t0 = time.perf_counter()
-    folder = dm.token_folder()
-    seconds = time.perf_counter() - t0
+    with TreeRSS() as rss:
+        t0 = time.perf_counter()
+        folder = dm.token_folder()
+        seconds = time.perf_counter() - t0
     meta = json.loads((folder / "meta.json").read_text())
     return {
         "seconds": seconds,
         "tokens": meta["train_tokens"] + meta["validation_tokens"],
         "documents": meta["train_documents"] + meta["validation_documents"],
         "shards": len(meta["shards"]["train"]),
-        **rss_mb(),
+        **rss.peak,
     }
 
 
@@ -138,28 +177,29 @@ def child_hf(args: argparse.Namespace) -> dict[str, Any]:
 
     datasets.disable_progress_bars()
     tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer("minilm"))  # before the clock, as apm's
-    t0 = time.perf_counter()
-    raw = datasets.load_dataset(
-        "text",
-        data_files=str(args.corpus),
-        sample_by="paragraph",
-        split="train",
-        cache_dir=str(args.cache_dir),
-    )
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         return tokenizer(batch["text"], add_special_tokens=False)
 
-    out = raw.map(tokenize, batched=True, num_proc=args.num_proc if args.num_proc > 1 else None)
-    out = out.remove_columns([c for c in out.column_names if c != "input_ids"])
-    seconds = time.perf_counter() - t0
+    with TreeRSS() as rss:
+        t0 = time.perf_counter()
+        raw = datasets.load_dataset(
+            "text",
+            data_files=str(args.corpus),
+            sample_by="paragraph",
+            split="train",
+            cache_dir=str(args.cache_dir),
+        )
+        out = raw.map(tokenize, batched=True, num_proc=args.num_proc if args.num_proc > 1 else None)
+        out = out.remove_columns([c for c in out.column_names if c != "input_ids"])
+        seconds = time.perf_counter() - t0
     # Counted after the clock: read back in slices from the memory-mapped Arrow files.
     tokens = documents = 0
     for start in range(0, len(out), 10_000):
         ids = out[start : start + 10_000]["input_ids"]
         tokens += sum(len(x) for x in ids)
         documents += sum(1 for x in ids if x)
-    return {"seconds": seconds, "tokens": tokens, "documents": documents, "shards": None, **rss_mb()}
+    return {"seconds": seconds, "tokens": tokens, "documents": documents, "shards": None, **rss.peak}
 
 
 def spawn(side: str, corpus: Path, num_proc: int, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,7 +207,6 @@ def spawn(side: str, corpus: Path, num_proc: int, cache: Path, args: argparse.Na
     cmd += ["--cache-dir", str(cache), "--shard-mb", str(args.shard_mb)]
     res = run_child(cmd, f"{side}_np{num_proc}", {"TOKENIZERS_PARALLELISM": "false"})
     res["tokens_per_second"] = res["tokens"] / res["seconds"]
-    res["total_rss_mb"] = res["self_rss_mb"] + (num_proc if num_proc > 1 else 0) * res["worker_rss_mb"]
     return res
 
 
@@ -217,7 +256,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict], dict[
             r = results[peer]
             print(
                 f"  {peer:<18}{r['seconds']:>9.2f}s {r['tokens_per_second']:>12,.0f} tok/s "
-                f"RSS {r['self_rss_mb']:.0f} + worker {r['worker_rss_mb']:.0f} MB",
+                f"peak RSS {r['self_rss_mb']:.0f} + workers {r['workers_rss_mb']:.0f} MB",
                 flush=True,
             )
         except PEER_ERRORS as e:
@@ -237,12 +276,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict], dict[
 
 def report(args: argparse.Namespace, results: dict[str, dict], steps: dict[str, Any]) -> list[dict[str, Any]]:
     print(f"\n{'peer':<18}{'seconds':>9}{'tokens':>14}{'tok/s':>12}{'docs':>11}{'shards':>7}", end="")
-    print(f"{'RSS MB':>8}{'worker':>8}{'total':>8}")
+    print(f"{'RSS MB':>8}{'workers':>8}{'total':>8}")
     for peer, r in results.items():
         print(
             f"{peer:<18}{r['seconds']:>9.2f}{r['tokens']:>14,}{r['tokens_per_second']:>12,.0f}{r['documents']:>11,}"
             f"{r['shards'] if r['shards'] is not None else '-':>7}{r['self_rss_mb']:>8.0f}"
-            f"{r['worker_rss_mb']:>8.0f}{r['total_rss_mb']:>8.0f}"
+            f"{r['workers_rss_mb']:>8.0f}{r['total_rss_mb']:>8.0f}"
         )
     small, large = min(args.sizes), max(args.sizes)
 

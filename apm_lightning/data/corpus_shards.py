@@ -114,6 +114,10 @@ _WORKER_TOKENIZER: Any = None
 
 def _init_worker(tokenizer: Any) -> None:
     global _WORKER_TOKENIZER
+    # One tokenizer thread per worker: N workers use N cores, instead of N Rust thread pools
+    # fighting over them (read at every batch call; the parent's setting is left alone, so a
+    # one-process build keeps its multi-threaded batches).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = tokenizer
 
 
@@ -206,7 +210,7 @@ def build_shards(
         import multiprocessing
 
         # spawn: the parent may hold threads (torch, Lightning, the tokenizer's own pool) that
-        # a fork would copy mid-state. Each worker tokenizes on one thread (see _child_env).
+        # a fork would copy mid-state. Each worker tokenizes on one thread (see _init_worker).
         pool = ProcessPoolExecutor(
             num_proc,
             mp_context=multiprocessing.get_context("spawn"),
@@ -215,44 +219,28 @@ def build_shards(
         )
     pending: set[Future] = set()
     try:
-        with _child_env():
-            for index, chunk in enumerate(shard_documents(documents, shard_chars)):
-                # One draw per document, in document order, whether or not the shard is redone.
-                held_out = rng.random(len(chunk)) < validation_fraction
-                if index in done:
-                    results[index] = json.loads((building / _done_name(index)).read_text(encoding="utf-8"))
-                    continue
-                args = (chunk, held_out, index, building, sep, dtype)
-                if pool is None:
-                    finished(tokenize_shard(tokenizer, *args))
-                    continue
-                # At most two shards per worker in flight: the text read ahead stays bounded.
-                while len(pending) >= 2 * num_proc:
-                    complete, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in complete:
-                        finished(future.result())
-                pending.add(pool.submit(_worker_shard, *args))
-            for future in pending:
-                finished(future.result())
+        for index, chunk in enumerate(shard_documents(documents, shard_chars)):
+            # One draw per document, in document order, whether or not the shard is redone.
+            held_out = rng.random(len(chunk)) < validation_fraction
+            if index in done:
+                results[index] = json.loads((building / _done_name(index)).read_text(encoding="utf-8"))
+                continue
+            args = (chunk, held_out, index, building, sep, dtype)
+            if pool is None:
+                finished(tokenize_shard(tokenizer, *args))
+                continue
+            # At most two shards per worker in flight: the text read ahead stays bounded.
+            while len(pending) >= 2 * num_proc:
+                complete, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in complete:
+                    finished(future.result())
+            pending.add(pool.submit(_worker_shard, *args))
+        for future in pending:
+            finished(future.result())
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return [results[i] for i in sorted(results)]
-
-
-@contextmanager
-def _child_env() -> Iterator[None]:
-    """Spawned workers inherit the environment: one tokenizer thread each, so that N workers
-    use N cores instead of N times the Rust thread pool fighting over them."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 class TokenStream:
