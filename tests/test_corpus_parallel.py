@@ -214,3 +214,32 @@ def test_streamed_hub_dataset_offline_fails_fast(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "offline mode" in err[0], err
     assert not (tmp_path / "run").exists()  # refused before the run started
+
+
+def test_token_stream_reads_shards_as_one_array(tmp_path):
+    import pickle
+
+    from apm_lightning.data.corpus_shards import TokenStream
+
+    parts = [np.arange(0, 5), np.arange(5, 5), np.arange(5, 12), np.arange(12, 13)]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"train-{i:05d}.bin")
+        part.astype(np.uint16).tofile(paths[-1])
+    stream = TokenStream(paths, [len(p) for p in parts], "uint16")
+    assert len(stream) == 13 and np.array_equal(np.asarray(stream), np.arange(13))
+    for start in range(14):
+        for stop in range(start, 15):
+            assert np.array_equal(stream[start:stop], np.arange(13)[start:stop]), (start, stop)
+    stream.MAX_OPEN = 2  # fewer maps than shards: the oldest is closed, reads stay right
+    assert np.array_equal(stream[3:13], np.arange(3, 13)) and len(stream._maps) <= 2
+    copy = pickle.loads(pickle.dumps(stream))  # a loader worker maps the files itself
+    assert copy._maps == {} and np.array_equal(copy[4:6], [4, 5])
+
+
+def test_resume_ignores_the_number_of_processes():
+    from apm_lightning.training.resume_check import data_differences
+
+    stored = {"num_proc": 1, "shard_chars": 100, "block_size": 32}
+    assert data_differences(stored, {**stored, "num_proc": 4, "shard_chars": 50}) == []
+    assert data_differences(stored, {**stored, "block_size": 64}) == ["data.block_size was 32, now 64"]

@@ -267,7 +267,7 @@ class TokenStream:
 
     def _map(self, shard: int) -> np.memmap:
         if shard not in self._maps:
-            if len(self._maps) >= self.MAX_OPEN:
+            while len(self._maps) >= self.MAX_OPEN:
                 self._maps.pop(next(iter(self._maps)))
             self._maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r")
         return self._maps[shard]
