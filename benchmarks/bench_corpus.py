@@ -21,11 +21,11 @@ Peers (each in a fresh interpreter, sequentially, with a fresh empty cache folde
                      then one step); and the same again on the warm cache
 tokens/s = tokens written (train + validation, separators included for apm) / seconds, the clock
 inside the child around the build only (imports and the tokenizer's loading before it). Peak
-RSS, sampled every 50 ms (psutil) during the build: the child's own, its workers' together, and
-the two added ("total"; pages shared between processes are counted in each).
+memory (PSS, sampled every 0.2 s with psutil during the build): the child's own, its workers'
+together, and the two added ("total").
 
 Ratios (reported): apm_np2 / apm_np1 tokens/s (parallel speed-up), apm_npN / hf_npN tokens/s;
-hard: apm_np2 peak total RSS at the larger size / at the smaller <= 1.25 (memory stays flat).
+hard: apm_np2 peak total memory at the larger size / at the smaller <= 1.25 (memory stays flat).
 Full run: --sizes-mb 512,1024 (the default). Smoke run (2 and 4 MB, small shards): --smoke
 """
 
@@ -100,11 +100,12 @@ def generate(path: Path, size_mb: float, pool: list[str], seed: int = 0) -> int:
 
 # --------------------------------------------------------------------------- children
 class TreeRSS:
-    """Peak resident memory of this process and of its worker processes, sampled every 50 ms by
-    a thread (psutil). ``RUSAGE_CHILDREN`` would not do: a child's ``ru_maxrss`` counts the
-    parent's pages at the fork before its exec, so every spawned worker looks as large as us."""
+    """Peak PSS (a page shared by k processes counts 1/k in each: forked datasets.map workers
+    are not charged the parent's pages again) of this process and its workers, sampled every
+    0.2 s (psutil). Not ``RUSAGE_CHILDREN``: a spawned child's ``ru_maxrss`` includes the
+    parent's pages at the fork before its exec."""
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.2) -> None:
         import psutil
 
         self.me = psutil.Process()
@@ -115,13 +116,15 @@ class TreeRSS:
     def sample(self) -> None:
         import psutil
 
-        own = self.me.memory_info().rss / 2**20
-        workers = 0.0
-        for child in self.me.children(recursive=True):
+        def mb(process: psutil.Process) -> float:
             try:
-                workers += child.memory_info().rss / 2**20
+                info = process.memory_full_info()
+                return getattr(info, "pss", info.rss) / 2**20
             except psutil.Error:  # it ended between the listing and the reading
-                pass
+                return 0.0
+
+        own = mb(self.me)
+        workers = sum(mb(child) for child in self.me.children(recursive=True))
         for key, value in (
             ("self_rss_mb", own),
             ("workers_rss_mb", workers),
@@ -211,22 +214,11 @@ def spawn(side: str, corpus: Path, num_proc: int, cache: Path, args: argparse.Na
 
 
 def first_step(corpus: Path, cache: Path, run_dir: Path, num_proc: int) -> float:
-    cmd = [
-        sys.executable,
-        "-m",
-        "apm_lightning",
-        "pretrain",
-        "-c",
-        str(REPO / "experiments/pretrain/mlm_tiny.yaml"),
-    ]
+    tiny = REPO / "experiments/pretrain/mlm_tiny.yaml"
+    cmd = [sys.executable, "-m", "apm_lightning", "pretrain", "-c", str(tiny), "--trainer.max_steps=1"]
     cmd += ["--model.backbone_config.hidden_size=32", "--model.backbone_config.intermediate_size=64"]
-    cmd += ["--data.files", str(corpus), f"--data.num_proc={num_proc}", "--trainer.max_steps=1"]
-    cmd += [
-        "--trainer.limit_val_batches=0",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--wandb_mode=disabled",
-    ]
+    cmd += ["--data.files", str(corpus), f"--data.num_proc={num_proc}", "--trainer.limit_val_batches=0"]
+    cmd += ["--trainer.default_root_dir", str(run_dir), "--wandb_mode=disabled"]
     cmd += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -256,7 +248,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict], dict[
             r = results[peer]
             print(
                 f"  {peer:<18}{r['seconds']:>9.2f}s {r['tokens_per_second']:>12,.0f} tok/s "
-                f"peak RSS {r['self_rss_mb']:.0f} + workers {r['workers_rss_mb']:.0f} MB",
+                f"peak PSS {r['self_rss_mb']:.0f} + workers {r['workers_rss_mb']:.0f} MB",
                 flush=True,
             )
         except PEER_ERRORS as e:
@@ -276,7 +268,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict], dict[
 
 def report(args: argparse.Namespace, results: dict[str, dict], steps: dict[str, Any]) -> list[dict[str, Any]]:
     print(f"\n{'peer':<18}{'seconds':>9}{'tokens':>14}{'tok/s':>12}{'docs':>11}{'shards':>7}", end="")
-    print(f"{'RSS MB':>8}{'workers':>8}{'total':>8}")
+    print(f"{'PSS MB':>8}{'workers':>8}{'total':>8}")
     for peer, r in results.items():
         print(
             f"{peer:<18}{r['seconds']:>9.2f}{r['tokens']:>14,}{r['tokens_per_second']:>12,.0f}{r['documents']:>11,}"
@@ -309,7 +301,7 @@ def report(args: argparse.Namespace, results: dict[str, dict], steps: dict[str, 
             hard=False,
         ),
         make_ratio(
-            f"corpus: apm np2 peak RSS {large:g}MB / {small:g}MB",
+            f"corpus: apm np2 peak memory {large:g}MB / {small:g}MB",
             ratio(rss(f"apm_np2{at}"), rss(f"apm_np2@{small:g}MB")),
             1.25,
             "lower",
@@ -368,7 +360,7 @@ def main() -> int:
         for peer, r in results.items()
     ]
     rows += [
-        {"benchmark": BENCHMARK, "peer": peer, "value": r["total_rss_mb"], "unit": "peak RSS MB"}
+        {"benchmark": BENCHMARK, "peer": peer, "value": r["total_rss_mb"], "unit": "peak PSS MB"}
         for peer, r in results.items()
     ]
     rows += [
