@@ -66,15 +66,6 @@ def test_progress_bar_refresh_rate_and_csv_writer_slot(tmp_path):
     assert (tmp_path / "csv").is_dir() and len(made) == 1
 
 
-def test_datamodule_hparams_flag_is_read_by_lightning():
-    dm = pl.LightningDataModule()
-    compat.skip_datamodule_hparams_logging(dm)
-    assert dm._log_hyperparams is False
-    from lightning.pytorch.loggers import utilities
-
-    assert "datamodule._log_hyperparams" in inspect.getsource(utilities), "Lightning no longer reads the flag"
-
-
 class Probe(pl.Callback):
     """Calls the loop and checkpoint adapters during a real (tiny) fit."""
 

@@ -114,9 +114,9 @@ def test_packing_is_cached_and_memory_mapped(tmp_path):
     dm = _datamodule(tmp_path)
     folder = dm.token_folder()
     assert isinstance(dm.datasets["train"].tokens, np.memmap)
-    mtime = (folder / "train.bin").stat().st_mtime_ns
+    mtime = (folder / "train-00000.bin").stat().st_mtime_ns
     again = _datamodule(tmp_path)  # same text, same tokenizer: the cache entry is reused
-    assert again.token_folder() == folder and (folder / "train.bin").stat().st_mtime_ns == mtime
+    assert again.token_folder() == folder and (folder / "train-00000.bin").stat().st_mtime_ns == mtime
     with open(tmp_path / "docs.txt", "a", encoding="utf-8") as f:
         f.write("\nOne more document.\n")
     assert _datamodule(tmp_path).token_folder() != folder  # changed text: a new entry

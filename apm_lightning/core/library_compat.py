@@ -137,13 +137,6 @@ def attached_trainer(module: Any) -> Any:
     return _member(module, "_trainer", "LightningModule")
 
 
-def skip_datamodule_hparams_logging(datamodule: Any) -> None:
-    """``LightningDataModule._log_hyperparams = False``: the trainer does not log the data
-    module's saved hyper-parameters (the CLI logs the whole config)."""
-    _require_slot(datamodule, "_log_hyperparams", "LightningDataModule")
-    datamodule._log_hyperparams = False
-
-
 def cli_parser(cli: Any, subcommand: str | None) -> Any:
     """``LightningCLI._parser(subcommand)``: the parser of a subcommand (to dump its config)."""
     return _member(cli, "_parser", "LightningCLI")(subcommand)

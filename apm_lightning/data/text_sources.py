@@ -6,7 +6,9 @@ Sources (any mix):
   ``paragraph`` (blank lines, the default), ``line`` or ``file``; ``encoding`` ``auto`` reads
   UTF-8, and Latin-1 for a file that is not valid UTF-8;
 - ``dataset``: a ``datasets`` folder written by ``save_to_disk``, or a hub dataset name
-  (``name`` or ``name:config``), its ``dataset_split`` and ``text_field``;
+  (``name`` or ``name:config``), its ``dataset_split`` and ``text_field``; with ``streaming``,
+  read record by record (``load_dataset(..., streaming=True)``: nothing is downloaded or
+  converted up front), and a data file or a folder of data files is accepted too;
 - ``glue_task``: the text columns of a GLUE task's training split (task-adaptive pretraining),
   read by the GLUE data module from ``glue_data_dir``; a sentence pair is one document.
 
@@ -47,6 +49,7 @@ class TextSource:
     document_split: str = "paragraph"
     dataset: str | None = None
     dataset_split: str = "train"
+    streaming: bool = False
     glue_task: str | None = None
     glue_data_dir: str | None = None
     max_documents: int | None = None
@@ -61,6 +64,8 @@ class TextSource:
             )
         if not (self.files or self.dataset or self.glue_task):
             raise APMError("no text given: set data.files (a glob), data.dataset or data.glue_task")
+        if self.streaming and not self.dataset:
+            raise APMError("data.streaming reads data.dataset: set it (a hub name or local data files)")
 
     # ------------------------------------------------------------------ what is read
     def resolved_files(self) -> list[Path]:
@@ -79,20 +84,37 @@ class TextSource:
         from apm_lightning.core.cache import file_digest
 
         parts = {k: v for k, v in asdict(self).items() if k != "files"}
+        if not self.streaming:
+            del parts["streaming"]  # keys made before the option existed stay the same
         for path in self.resolved_files():
             # The bytes, not size and mtime: an edit that keeps both must not reuse the cache.
             parts[str(path.resolve())] = file_digest(path)
-        if self.dataset and Path(self.dataset).exists():
+        if self.streaming and self.dataset and Path(self.dataset).exists():
+            for path in _data_files(Path(self.dataset)):
+                parts[str(path.resolve())] = file_digest(path)
+        elif self.dataset and Path(self.dataset).exists():
             stat = Path(self.dataset).stat()
             parts["dataset_mtime"] = stat.st_mtime_ns
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_dataset(self) -> None:
+        """A hub dataset offline fails here, before a run starts, in one line."""
+        from apm_lightning.core import hub
+
+        if self.dataset and not Path(self.dataset).exists():
+            if hub.hub_offline_requested() or not hub.hub_reachable():
+                raise hub.hub_unreachable_error(
+                    f"dataset {self.dataset!r}",
+                    "pass text files (data.files) or local data files (data.dataset)",
+                )
 
     def describe(self) -> str:
         parts = []
         if self.files:
             parts.append(f"{len(self.resolved_files())} file(s) {', '.join(self.files)}")
         if self.dataset:
-            parts.append(f"dataset {self.dataset} [{self.dataset_split}]")
+            streamed = ", streamed" if self.streaming else ""
+            parts.append(f"dataset {self.dataset} [{self.dataset_split}{streamed}]")
         if self.glue_task:
             parts.append(f"GLUE {self.glue_task} training text")
         return "; ".join(parts)
@@ -177,6 +199,9 @@ class TextSource:
         from apm_lightning.core import hub
 
         name = self.dataset
+        if self.streaming and not _saved_dataset(Path(name)):
+            yield from self._streamed_documents()
+            return
         if Path(name).exists():
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
@@ -206,3 +231,58 @@ class TextSource:
         pairs = raw.get("text_b")
         for i, text in enumerate(raw["text_a"]):
             yield f"{text} {pairs[i]}" if pairs else text
+
+    def _streamed_documents(self) -> Iterator[str]:
+        """Records of a streamed ``datasets.IterableDataset``, one at a time."""
+        import datasets
+
+        name = self.dataset
+        local = Path(name)
+        if local.exists():
+            files = [str(p) for p in _data_files(local)]
+            builder = _builder_for(files)
+            if builder is None:
+                raise APMError(
+                    f"{name}: no json, jsonl, csv, parquet or text files to stream; name a data file or folder"
+                )
+            loaded = datasets.load_dataset(builder, data_files={self.dataset_split: files}, streaming=True)
+            loaded = loaded[self.dataset_split]
+        else:
+            self.check_dataset()
+            repo, _, config = name.partition(":")
+            loaded = datasets.load_dataset(repo, config or None, split=self.dataset_split, streaming=True)
+        columns = loaded.column_names  # None when the features are only known after reading
+        if columns is not None and self.text_field not in columns:
+            raise APMError(
+                f"dataset {name} has no column {self.text_field!r} (it has {', '.join(columns)}); "
+                "set data.text_field"
+            )
+        for record in loaded:
+            if self.text_field not in record:
+                raise APMError(
+                    f"dataset {name} has no column {self.text_field!r} (it has {', '.join(record)}); "
+                    "set data.text_field"
+                )
+            yield record[self.text_field]
+
+
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _saved_dataset(path: Path) -> bool:
+    """A folder written by ``save_to_disk`` (read memory-mapped, already streamed in slices)."""
+    return path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The data files of a local streamed dataset: the file itself, or a folder's, sorted."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS)
+
+
+def _builder_for(files: list[str]) -> str | None:
+    kinds = {BUILDERS.get(Path(f).suffix) for f in files}
+    if len(kinds) > 1:
+        raise APMError(f"data files of several kinds ({', '.join(sorted(map(str, kinds)))}): stream one kind")
+    return next(iter(kinds)) if files else None

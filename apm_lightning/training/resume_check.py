@@ -22,6 +22,8 @@ from apm_lightning.core.redact import redact
 # what `apm test` / `apm predict` read).
 DATA_FREE = {
     "num_workers",
+    "num_proc",  # corpus tokenization processes and shard size: the same tokens either way
+    "shard_chars",
     "cache_dir",
     "eval_batch_size",
     "test_split",
