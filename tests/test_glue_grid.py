@@ -56,3 +56,44 @@ def test_selection_is_by_the_median_not_the_best_seed():
     rows = grid_rows({"rte": scores}, {"rte": "lr=3e-5"})
     assert [r["chosen"] for r in rows] == ["", "yes", ""]
     assert rows[1]["score_median"] == pytest.approx(0.80) and rows[1]["n"] == 3
+
+
+def test_apm_glue_grid_end_to_end(tmp_path, glue_dir):
+    """RTE with a 2-value learning-rate grid and 2 seeds: 4 runs; the task reports the setting
+    with the best median, its best seed predicts the test split, the tables show the grid."""
+    import json
+    from pathlib import Path
+
+    from apm_lightning.cli import main
+
+    tiny = str(Path(__file__).resolve().parents[1] / "experiments" / "models" / "tiny_bert.yaml")
+    out = tmp_path / "out"
+    args = ["glue", "--model", tiny, "--tasks", "rte", "--seeds", "2", "--data-dir", str(glue_dir)]
+    args += ["--out", str(out), "--launcher", "inprocess", "--max-train-samples", "16", "--max-eval-samples"]
+    args += ["16", "--epochs", "1", "--data.batch_size", "8", "--data.max_seq_length", "32"]
+    args += ["--grid", "model.learning_rate=1e-5,3e-3", "--wandb_mode", "disabled"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    assert main(args) == 0
+    record = json.loads((out / "glue_score.json").read_text())
+    grid = record["grid"]
+    assert grid["settings"] == ["learning_rate=1e-5", "learning_rate=3e-3"]
+    medians = {}
+    for label in grid["settings"]:
+        runs = [json.loads((out / "runs/rte" / label / f"seed{s}/results.json").read_text()) for s in (0, 1)]
+        assert {r["config"]["model"]["init_args"]["learning_rate"] for r in runs} == {
+            float(label.split("=")[1])
+        }
+        medians[label] = sum(r["metrics"]["main"] for r in runs) / 2
+    chosen = max(medians, key=lambda k: (medians[k], -grid["settings"].index(k)))
+    assert grid["chosen"] == {"rte": chosen}
+    task = record["tasks"]["rte"]
+    assert task["score_median"] == pytest.approx(medians[chosen]) and task["n"] == 2
+    assert chosen in task["note"]
+    assert (
+        out / "runs/rte" / chosen / f"seed{task['submission_seed']}/predict/predictions/rte_test.tsv"
+    ).is_file()
+    assert len((out / "results.csv").read_text().splitlines()) == 5  # every run of every setting
+    assert "## Grid" in (out / "results.md").read_text() and (out / "grid.csv").is_file()
+    # A different grid into the same OUT is refused, not mixed in.
+    changed = [a if a != "model.learning_rate=1e-5,3e-3" else "model.learning_rate=1e-4" for a in args]
+    assert main(changed) == 2

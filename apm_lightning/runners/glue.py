@@ -42,6 +42,15 @@ from apm_lightning.runners.glue_args import (
     unknown_options,
 )
 from apm_lightning.runners.glue_data import local_test_ids, missing_files, missing_reason, task_folder
+from apm_lightning.runners.glue_grid import (
+    Setting,
+    grid_rows,
+    parse_grid,
+    select,
+    setting_args,
+    setting_folder,
+    setting_label,
+)
 from apm_lightning.runners.glue_results import Run, TaskSummary, summarize_task, write_outputs
 from apm_lightning.runners.launch import RunFailed, run_apm
 
@@ -56,6 +65,9 @@ class GlueRunner:
         self.overrides = {k: resolve_config_args(v) for k, v in parse_overrides(args.override).items()}
         self.model = model_args(args.model)
         self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        self.grid = parse_grid(args.grid)  # [{}] without --grid: the recipes as they are
+        self.chosen: dict[str, str | None] = {}
+        self.grid_table: list[dict[str, Any]] = []
         self.env = {"WANDB_RUN_GROUP": f"glue-{self.out.resolve().name}"}  # one W&B group per OUT
 
     def recipe(self, task: str) -> str:
@@ -97,6 +109,8 @@ class GlueRunner:
             "epochs": self.args.epochs,
             "overrides": self.args.override,
             "extra": self.extra,
+            # Absent from OUT folders written before --grid existed, so None when unused.
+            "grid": self.args.grid or None,
         }
         path = self.out / "settings.json"
         if path.is_file():
@@ -109,31 +123,37 @@ class GlueRunner:
                 )
         write_json_atomic(path, settings)
 
-    def fit(self, task: str, seed: int) -> Run:
-        run = Run(task, seed, self.out / "runs" / task / f"seed{seed}")
+    def fit(self, task: str, seed: int, setting: Setting | None = None) -> Run:
+        setting = setting or {}
+        folder = self.out / "runs" / task / (setting_folder(setting) if setting else "")
+        run = Run(task, seed, folder / f"seed{seed}", setting=setting_label(setting) if setting else "")
+        name = f"{task}-{setting_folder(setting)}-seed{seed}" if setting else f"{task}-seed{seed}"
         results_file = run.run_dir / "results.json"
         if not results_file.is_file():
-            args = ["fit", *self.task_args(task), *self.common(task), "--seed_everything", str(seed)]
-            args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", f"{task}-seed{seed}"]
+            args = ["fit", *self.task_args(task), *self.common(task), *setting_args(setting)]
+            args += ["--seed_everything", str(seed)]
+            args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", name]
             ckpts = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
             if (run.run_dir / "checkpoints" / "last.ckpt").is_file():
                 args += ["--ckpt_path", "last"]  # an interrupted run resumes exactly
             elif ckpts:  # stopped between its best and its last save: resume from the newest
                 args += ["--ckpt_path", str(ckpts[-1])]
             started = time.perf_counter()
-            print(f"apm glue: {task} seed {seed}: training ({run.run_dir})", flush=True)
+            print(f"apm glue: {name}: training ({run.run_dir})", flush=True)
             try:
                 run_apm(args, run.run_dir / "apm.log", self.args.launcher, self.env)
             except RunFailed as err:
                 run.status, run.error = "failed", redact_text(str(err))
-                print(f"apm glue: {task} seed {seed}: FAILED: {run.error}", flush=True)
+                print(f"apm glue: {name}: FAILED: {run.error}", flush=True)
                 return run
-            print(f"apm glue: {task} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"apm glue: {name}: {time.perf_counter() - started:.0f} s", flush=True)
         run.results = json.loads(results_file.read_text())
         run.status = "done"
         return run
 
-    def predict(self, task: str, run: Run, data_task: str | None = None) -> Path | None:
+    def predict(
+        self, task: str, run: Run, data_task: str | None = None, setting: Setting | None = None
+    ) -> Path | None:
         """Test predictions of ``run``'s best checkpoint (of ``data_task`` when it differs: AX)."""
         data_task = data_task or task
         root = (
@@ -145,7 +165,7 @@ class GlueRunner:
         wanted = [root / "predictions" / submission.prediction_file(data_task, s) for s in spec.test_splits]
         if all(p.is_file() for p in wanted):
             return root / "predictions"
-        args = ["predict", *self.task_args(task), *self.common(task)]
+        args = ["predict", *self.task_args(task), *self.common(task), *setting_args(setting or {})]
         if data_task != task:
             args += ["--data.task", data_task]
         args += ["--ckpt_path", run.results["best_checkpoint"] or run.results["last_checkpoint"]]
@@ -175,20 +195,52 @@ class GlueRunner:
                 summaries[task] = TaskSummary(task, "missing", reason)
                 print(f"apm glue: {task}: MISSING ({reason})", flush=True)
                 continue
-            summary = summarize_task(task, [self.fit(task, s) for s in self.seeds])
+            summary, setting = self.train_task(task)
             summaries[task] = summary
             # Only GLUE's tasks go to the test server (a task file's task has no server file).
             if summary.best is not None and not self.args.no_submission and submission.server_names(task):
                 if isinstance(folder, Path) and missing_files(task, folder, spec.test_splits):
                     continue  # no test file here: the submission lists the task as missing
-                where = self.predict(task, summary.best)
+                where = self.predict(task, summary.best, setting=setting)
                 if where is not None:
                     for name in submission.server_names(task):
                         predictions[name] = where / submission.prediction_file(
                             task, submission.SERVER_FILES[name][1]
                         )
                     ids.update(local_test_ids(task, folder))
-        return write_outputs(self.args, self.out, self.seeds, self.tasks, summaries, predictions, ids)
+        grid = None
+        if self.args.grid:
+            grid = {
+                "settings": [setting_label(g) for g in self.grid],
+                "chosen": self.chosen,
+                "rows": self.grid_table,
+            }
+        return write_outputs(self.args, self.out, self.seeds, self.tasks, summaries, predictions, ids, grid)
+
+    def train_task(self, task: str) -> tuple[TaskSummary, Setting]:
+        """Every seed of every grid setting; the task's summary is the chosen setting's (by the
+        median dev score over seeds), and so are its test predictions."""
+        per_setting = {
+            setting_label(g): (g, summarize_task(task, [self.fit(task, s, g) for s in self.seeds]))
+            for g in self.grid
+        }
+        if len(per_setting) == 1 and not self.args.grid:
+            return next(iter(per_setting.values()))[1], {}
+        scores = {
+            label: [r.score for r in summary.runs if r.status == "done"]
+            for label, (_, summary) in per_setting.items()
+        }
+        label = select(scores)
+        self.chosen[task] = label
+        self.grid_table += grid_rows({task: scores}, {task: label})
+        if label is None:  # no run of any setting finished: report them all as failed
+            runs = [r for _, summary in per_setting.values() for r in summary.runs]
+            return summarize_task(task, runs), {}
+        setting, summary = per_setting[label]
+        summary.reason = f"grid: {label} chosen (best median of {len(per_setting)} settings)"
+        summary.runs = [r for _, other in per_setting.values() for r in other.runs]  # every run in the tables
+        print(f"apm glue: {task}: grid chose {label}", flush=True)
+        return summary, setting
 
     def run_ax(self, folder, mnli: TaskSummary | None, predictions: dict, ids: dict) -> TaskSummary:
         if folder is None or (isinstance(folder, Path) and missing_files("ax", folder, ["test"])):

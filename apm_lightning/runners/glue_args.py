@@ -58,6 +58,14 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         metavar="[TASK:]OPTIONS",
         help="extra fit options, for one task with a prefix: 'sst2:--data.max_train_samples 2000'",
     )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="OPTION=V1,V2,...",
+        help="the papers' protocol: train every value (several --grid: their product) and report, per "
+        "task, the value with the best median dev score, e.g. --grid model.learning_rate=2e-5,3e-5,5e-5",
+    )
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
     p.add_argument("--no-submission", action="store_true", help="skip test predictions and the zip")
     return p

@@ -24,6 +24,7 @@ class Run:
     status: str = "pending"  # done | failed
     error: str | None = None
     results: dict[str, Any] | None = None
+    setting: str = ""  # the grid setting's label (empty without --grid)
 
     @property
     def score(self) -> float | None:
@@ -48,8 +49,11 @@ def write_outputs(
     summaries: dict[str, TaskSummary],
     predictions: dict,
     ids: dict,
+    grid: dict[str, Any] | None = None,
 ) -> dict:
-    """Write the tables, the GLUE score and the submission of ``summaries``; print results.md."""
+    """Write the tables, the GLUE score and the submission of ``summaries``; print results.md.
+    With ``--grid``, ``grid`` holds its rows (task, setting, seeds, median...) and the chosen
+    setting per task: OUT/grid.csv, and the tables show it."""
     # GLUE's ten always have a row (the score names the missing ones); other tasks run follow.
     order = [*ALL_TASKS, *(t for t in tasks if t not in ALL_TASKS)]
     summaries = {t: summaries.get(t) or TaskSummary(t, "not run", "not in --tasks") for t in order}
@@ -64,6 +68,7 @@ def write_outputs(
     metrics = metric_columns(rows)
     run_columns = [
         "task",
+        *(["setting"] if grid else []),
         "seed",
         "status",
         "score",
@@ -88,11 +93,21 @@ def write_outputs(
         },
         "submission": sub,
     }
+    grid_text = ""
+    if grid:
+        columns = ["task", "setting", "n", "score_median", "score_mean", "score_std", "chosen"]
+        write_csv(out / "grid.csv", grid["rows"], columns)
+        record["grid"] = grid
+        record["statistic"] += "; per task, the grid setting with the best median"
+        grid_text = "## Grid (median dev score per setting; the chosen one is reported above)\n\n"
+        grid_text += markdown_table(grid["rows"], columns)
     write_json_atomic(out / "glue_score.json", record)
     text = results_markdown(args.model, seeds, glue, task_rows, task_columns, rows, run_columns, sub)
+    if grid_text:
+        text = text.replace("## Runs\n", grid_text + "\n## Runs\n", 1)
     (out / "results.md").write_text(text, encoding="utf-8")
     print(text, flush=True)
-    for name in ("results.md", "results.csv", "tasks.csv", "glue_score.json", "submission.zip"):
+    for name in ("results.md", "results.csv", "tasks.csv", "grid.csv", "glue_score.json", "submission.zip"):
         if (out / name).is_file():
             print((out / name).resolve(), flush=True)
     return record
@@ -111,6 +126,7 @@ def summarize_task(task: str, runs: list[Run]) -> TaskSummary:
 def run_table_row(run: Run) -> dict[str, Any]:
     row = run_row(run.results, run=f"{run.task}/seed{run.seed}") if run.results else {}
     row.update(task=run.task, seed=run.seed, status=run.status, score=run.score, error=run.error)
+    row["setting"] = run.setting
     row["run_dir"] = str(run.run_dir)
     return row
 
