@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from apm_lightning.cli import main
 from tests.run_options import QUIET
@@ -57,3 +58,51 @@ def test_default_recipe_is_unchanged(glue_dir, tmp_path):
     assert groups[0]["decoupled_weight_decay"] and groups[0]["fused"]  # AdamW, fused kernel
     assert scheduler["_step_count"] == 4 + 1  # stepped every optimizer step (the +1: its construction)
     assert groups[0]["lr"] == 0.0  # decayed to zero at the run's end
+
+
+def test_given_optimizer_trains_with_no_decay_groups(glue_dir, tmp_path):
+    run = fit(
+        glue_dir, tmp_path / "run", "--optimizer=SGD", "--optimizer.lr=0.1", "--optimizer.weight_decay=0.01"
+    )
+    optimizer, scheduler = optimizer_state(run)
+    groups = optimizer["param_groups"]
+    assert all("nesterov" in g and "amsgrad" not in g for g in groups)  # torch.optim.SGD's groups
+    assert [g["initial_lr"] for g in groups] == [0.1, 0.1]  # the given lr, not the model's 1e-3
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # biases and LayerNorm: no decay
+    assert scheduler["_step_count"] == 4 + 1 and groups[0]["lr"] == 0.0  # apm's schedule, per step
+    config = json.loads((run / "results.json").read_text())["config"]
+    assert config["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert config["optimizer"]["init_args"]["lr"] == 0.1
+
+
+def test_given_scheduler_steps_every_optimizer_step(glue_dir, tmp_path):
+    schedule = ["--lr_scheduler=LinearLR", "--lr_scheduler.start_factor=0.5", "--lr_scheduler.total_iters=2"]
+    run = fit(glue_dir, tmp_path / "run", *schedule)
+    optimizer, scheduler = optimizer_state(run)
+    assert scheduler["start_factor"] == 0.5 and scheduler["_step_count"] == 4 + 1  # LinearLR, per step
+    assert [g["lr"] for g in optimizer["param_groups"]] == [1e-3, 1e-3]  # warmed up to the model's lr
+    assert optimizer["param_groups"][0]["fused"]  # the default AdamW stays
+
+
+def test_scheduler_interval_epoch(glue_dir, tmp_path):
+    run = fit(
+        glue_dir,
+        tmp_path / "run",
+        "--lr_scheduler=StepLR",
+        "--lr_scheduler.step_size=1",
+        "--lr_scheduler_interval=epoch",
+    )
+    _, scheduler = optimizer_state(run)
+    assert scheduler["_step_count"] == 1 + 1  # one epoch
+
+
+def test_print_config_shows_the_options(glue_dir, capsys):
+    args = ["fit", "-c", RTE, "-c", TINY, "--data.data_dir", str(glue_dir)]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--optimizer=SGD", "--optimizer.lr=0.1", "--lr_scheduler=LinearLR", "--print_config"])
+    assert stop.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert config["optimizer"]["init_args"]["lr"] == 0.1
+    assert config["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.LinearLR"
+    assert config["lr_scheduler_interval"] == "step"

@@ -18,8 +18,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.optim import Optimizer
 
 import apm_lightning.modules  # noqa: F401  (registers apm's modules: the classes a checkpoint may name)
 from apm_lightning.core.redact import redact_text
@@ -101,6 +102,31 @@ class APMCLI(CheckpointChecks, ResultsHooks, LightningCLI):
             type=int,
             help="also write last.ckpt every N optimizer steps, for mid-epoch resume (0: epoch ends only)",
         )
+        # LightningCLI's own --optimizer and --lr_scheduler (any torch optimizer or scheduler:
+        # --optimizer AdamW --optimizer.lr 3e-5). Lightning's automatic configure_optimizers
+        # stays off (auto_configure_optimizers=False): it builds the optimizer as the CLI starts,
+        # from model.parameters(), but apm's modules build their networks in setup. The choice
+        # goes to the module instead, which builds it in configure_optimizers (modules/base.py).
+        parser.add_optimizer_args((Optimizer,))
+        parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
+        parser.add_argument(
+            "--lr_scheduler_interval",
+            default="step",
+            choices=("step", "epoch"),
+            help="how often a given --lr_scheduler steps: every optimizer step (default) or epoch "
+            "(ReduceLROnPlateau always steps after a validation)",
+        )
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """Hands ``--optimizer``/``--lr_scheduler`` to the module (where LightningCLI's version
+        would build them now); with neither, the module keeps apm's default recipe."""
+        config = self.config_init[subcommand] if subcommand else self.config_init
+        optimizer, scheduler = config.get("optimizer"), config.get("lr_scheduler")
+        if optimizer is None and scheduler is None:
+            return
+        self.model.optimizer_init = optimizer.as_dict() if optimizer is not None else None
+        self.model.lr_scheduler_init = scheduler.as_dict() if scheduler is not None else None
+        self.model.lr_scheduler_interval = config.get("lr_scheduler_interval") or "step"
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
