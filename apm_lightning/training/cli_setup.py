@@ -18,6 +18,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.redact import redact
+from apm_lightning.training.callbacks import ProgressLines
 from apm_lightning.training.run_dir import write_run_config
 
 # Set by the launching process so the ranks it starts share its run directory.
@@ -82,8 +83,9 @@ def _default_run_dir(config: Any) -> str:
 
 
 def _progress_bar() -> pl.Callback:
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
 
     if sys.stdout.isatty():
         return RichProgressBar()
-    return TQDMProgressBar(refresh_rate=50)  # logs, not terminals: fewer lines
+    # A log file: one line every 30 s ($APM_PROGRESS_SECONDS) rather than a redrawn bar.
+    return ProgressLines()
