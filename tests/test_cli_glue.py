@@ -404,4 +404,6 @@ def test_validate_checkpoint(tmp_path, capsys):
         results["best_checkpoint"],
     )
     assert rc == 0
-    assert f"{results['metrics']['accuracy']:.4f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{results['metrics']['accuracy']:.4f}" in out
+    assert "results: sst2" in out  # the table names the task (it once said "results: None")

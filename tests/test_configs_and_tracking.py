@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -121,15 +122,44 @@ def test_print_config(capsys):
     assert "task: cola" in printed and "backbone: minilm" in printed
 
 
+def silent_server() -> tuple[socket.socket, list[socket.socket]]:
+    """A local address that never answers: a listener whose accept queue is full, so Linux
+    drops further connection attempts and they time out. (An unroutable IP such as 10.255.255.1
+    is no such address on networks with a transparent proxy, which accept any connection.)"""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(server.getsockname())
+        fillers.append(filler)
+    time.sleep(0.2)
+    return server, fillers
+
+
 def test_wandb_auto_mode_goes_offline_fast(monkeypatch):
+    """With a key set, ``auto`` really probes the server: one that never answers means offline
+    once the probe's 2 s are up, one that accepts the connection means online."""
     from apm_lightning.training.loggers import resolve_wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(proxy, raising=False)  # the probe goes straight to the address
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials present: the probe decides
+    server, fillers = silent_server()
+    with server:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        start = time.perf_counter()
+        assert resolve_wandb_mode("auto") == "offline"
+        assert 1.5 < time.perf_counter() - start < 3.0  # the probe waited, and no longer than its limit
+        for filler in fillers:
+            filler.close()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("NETRC", "/nonexistent")
-    start = time.perf_counter()
-    assert resolve_wandb_mode("auto") == "offline"
-    assert time.perf_counter() - start < 3.0
+    assert resolve_wandb_mode("auto") == "offline"  # no credentials: no probe at all
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_wandb_mode("auto") == "disabled"
 

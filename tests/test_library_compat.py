@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -53,10 +53,7 @@ def test_load_checkpoint_file(tmp_path):
     ]
 
 
-def test_progress_bar_refresh_rate_and_csv_writer_slot(tmp_path):
-    bar = TQDMProgressBar(refresh_rate=50)
-    compat.set_progress_bar_refresh_rate(bar, 3)
-    assert bar.refresh_rate == 3
+def test_csv_writer_slot(tmp_path):
     logger = CSVLogger(str(tmp_path), name="csv", version="")
     made: list[object] = []
     writer = compat.csv_logger_experiment(logger, lambda: made.append(object()) or made[-1])

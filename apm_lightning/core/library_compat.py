@@ -73,14 +73,6 @@ def wandb_init_args(logger: Any) -> dict[str, Any]:
     return _member(logger, "_wandb_init", type(logger).__name__)
 
 
-def set_progress_bar_refresh_rate(bar: Any, rate: int) -> None:
-    """``TQDMProgressBar._refresh_rate``: ``refresh_rate`` is a read-only property."""
-    _require_slot(bar, "_refresh_rate", type(bar).__name__)
-    bar._refresh_rate = rate
-    if bar.refresh_rate != rate:
-        raise LibraryChanged(f"{type(bar).__name__}.refresh_rate no longer reads _refresh_rate")
-
-
 def epoch_loop_should_check_val(epoch_loop: Any, data_fetcher: Any) -> bool:
     """``_TrainingEpochLoop._should_check_val_fx(data_fetcher)``: whether the loop validates
     right after the current training batch."""

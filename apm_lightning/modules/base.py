@@ -2,8 +2,9 @@
 
 - Optimisation: AdamW (fused where torch has the kernel) with BERT's no-decay groups, linear
   warm-up (``warmup_steps``, else ``warmup_ratio`` of the run) and linear decay to zero, stepped
-  every optimizer step. A subclass declares the five settings in its own signature, with its own
-  defaults, so that ``--print_config`` and the checkpoint show them.
+  every optimizer step; LightningCLI's ``--optimizer``/``--lr_scheduler`` replace either part
+  (``configured_optimizers``). A subclass declares the five settings in its own signature, with
+  its own defaults, so that ``--print_config`` and the checkpoint show them.
 - Checkpoint identity: ``on_save_checkpoint`` writes an ``apm`` section (the module's class, its
   ``results_label``, the ``identity_keys`` hyper-parameters, plus ``checkpoint_extras``), and
   ``on_load_checkpoint`` refuses a checkpoint of another class or identity in one line, then
@@ -33,25 +34,87 @@ def adamw(groups: list[dict], **kwargs: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def adamw_linear_schedule(module: pl.LightningModule) -> dict[str, Any]:
-    """AdamW (no decay on biases and normalisation weights, BERT's recipe) with linear warm-up
-    then linear decay to zero; hyper-parameters from ``module.hparams``."""
-    from transformers import get_linear_schedule_with_warmup
-
-    hparams = module.hparams
+def parameter_groups(module: pl.LightningModule) -> tuple[list, list]:
+    """The trainable parameters in two lists: those weight decay applies to (matrices) and those
+    it does not (biases, normalisation weights: BERT's recipe)."""
     decay, no_decay = [], []
     for param in module.parameters():  # shared parameters (ELECTRA's embeddings) come once
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
-    optimizer = adamw(
+    return decay, no_decay
+
+
+def linear_warmup_schedule(module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> Any:
+    """Linear warm-up (``warmup_steps``, else ``warmup_ratio`` of the run) then linear decay to
+    zero over the run's optimizer steps."""
+    from transformers import get_linear_schedule_with_warmup
+
+    hparams = module.hparams
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = hparams.warmup_steps if hparams.warmup_steps is not None else int(hparams.warmup_ratio * total)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def default_adamw(module: pl.LightningModule) -> torch.optim.AdamW:
+    """AdamW with no decay on biases and normalisation weights (BERT's recipe); learning rate,
+    weight decay and epsilon from ``module.hparams``."""
+    hparams = module.hparams
+    decay, no_decay = parameter_groups(module)
+    return adamw(
         [{"params": decay, "weight_decay": hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=hparams.learning_rate,
         eps=hparams.adam_epsilon,
     )
-    total = max(1, int(module.trainer.estimated_stepping_batches))
-    warmup = hparams.warmup_steps if hparams.warmup_steps is not None else int(hparams.warmup_ratio * total)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def adamw_linear_schedule(module: pl.LightningModule) -> dict[str, Any]:
+    """AdamW (no decay on biases and normalisation weights, BERT's recipe) with linear warm-up
+    then linear decay to zero; hyper-parameters from ``module.hparams``."""
+    optimizer = default_adamw(module)
+    scheduler = linear_warmup_schedule(module, optimizer)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def configured_optimizers(
+    module: pl.LightningModule,
+    optimizer_init: dict | None,
+    lr_scheduler_init: dict | None,
+    interval: str = "step",
+) -> dict[str, Any]:
+    """The optimizer and scheduler named on the command line (LightningCLI's ``--optimizer`` and
+    ``--lr_scheduler``: ``class_path`` + ``init_args``), built here because the network only
+    exists once the module is set up; the one left out is apm's default (AdamW from the module's
+    hyper-parameters; linear warm-up and decay)."""
+    from lightning.pytorch.cli import instantiate_class
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    if optimizer_init is None:
+        optimizer = default_adamw(module)
+    else:
+        # A given optimizer keeps the no-decay groups: the decay group takes the optimizer's own
+        # weight_decay (--optimizer.weight_decay, else its class default), while biases and
+        # normalisation weights get 0, as in the default recipe, since decaying a LayerNorm
+        # gain or a bias towards zero only hurts. An optimizer without weight decay gets the
+        # two groups unchanged.
+        decay, no_decay = parameter_groups(module)
+        optimizer = instantiate_class([{"params": decay}], optimizer_init)
+        if no_decay:
+            extra = {"weight_decay": 0.0} if "weight_decay" in optimizer.defaults else {}
+            optimizer.add_param_group({"params": no_decay, **extra})
+    if lr_scheduler_init is None:
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": linear_warmup_schedule(module, optimizer), "interval": "step"},
+        }
+    scheduler = instantiate_class(optimizer, lr_scheduler_init)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        # It steps on a validation score, known only after a validation: once per epoch, on
+        # Lightning's --lr_scheduler.monitor (its ReduceLROnPlateau), else the checkpoint's score.
+        monitor = getattr(scheduler, "monitor", None) or module.checkpoint_monitor[0]
+        config = {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}
+    else:
+        config = {"scheduler": scheduler, "interval": interval}
+    return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 class APMModule(pl.LightningModule):
@@ -66,8 +129,17 @@ class APMModule(pl.LightningModule):
         return None
 
     # --- optimisation -------------------------------------------------------------------
+    # Set by the CLI from LightningCLI's --optimizer / --lr_scheduler (None: apm's default).
+    optimizer_init: dict | None = None
+    lr_scheduler_init: dict | None = None
+    lr_scheduler_interval: str = "step"
+
     def configure_optimizers(self):
-        return adamw_linear_schedule(self)
+        if self.optimizer_init is None and self.lr_scheduler_init is None:
+            return adamw_linear_schedule(self)
+        return configured_optimizers(
+            self, self.optimizer_init, self.lr_scheduler_init, self.lr_scheduler_interval
+        )
 
     # --- backbones and tokenizers ---------------------------------------------------------
     def tokenizer_source(self) -> str:

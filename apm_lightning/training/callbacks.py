@@ -1,5 +1,5 @@
 """Callbacks of the trainer layer: per-step reseeding for exact resume, a stop on a non-finite loss,
-throughput, predictions."""
+throughput, predictions, progress lines for log files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.seeds import run_seed
+from apm_lightning.training.log_interval import progress_seconds
 
 
 class StepSeeder(pl.Callback):
@@ -140,3 +141,72 @@ class PredictionWriter(BasePredictionWriter):
         groups = predictions if predictions and isinstance(predictions[0], list) else [predictions]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.written.extend(pl_module.write_predictions([g for g in groups if g], self.out_dir))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class ProgressLines(ProgressBar):
+    """The progress bar when stdout is a log file, not a terminal: one line such as
+    ``step 120/960 loss 0.512 elapsed 2m31s`` after the first training step, then at the first
+    step end after every ``every_seconds`` of wall time (``$APM_PROGRESS_SECONDS``, default 30),
+    and at the last step; long evaluations (``validation 40/200 elapsed ...``) on the same clock.
+
+    Hand-written because Lightning's bars are for terminals: a redrawn bar is one endless line
+    in a file, and TQDM's refresh counts batches, not time, so a slow run showed nothing for
+    minutes. Only rank zero prints (Lightning disables the bar on the other ranks).
+    """
+
+    def __init__(self, every_seconds: float | None = None) -> None:
+        super().__init__()
+        self.every_seconds = progress_seconds() if every_seconds is None else every_seconds
+        self._enabled = True
+        self._start = time.monotonic()
+        self._last: float | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._start, self._last = time.monotonic(), None
+
+    def _due(self) -> bool:
+        return self._enabled and (self._last is None or time.monotonic() - self._last >= self.every_seconds)
+
+    def _line(self, text: str) -> None:
+        self._last = time.monotonic()
+        print(f"{text} elapsed {_duration(self._last - self._start)}", flush=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        total = trainer.estimated_stepping_batches
+        finished = trainer.global_step >= total
+        if not (self._due() or (finished and self._enabled)):
+            return
+        loss = self.get_metrics(trainer, pl_module).get("train/loss")
+        loss_text = f" loss {float(loss):.3f}" if isinstance(loss, (int, float)) else ""
+        total_text = str(int(total)) if total != float("inf") else "?"
+        self._line(f"step {trainer.global_step}/{total_text} epoch {trainer.current_epoch}{loss_text}")
+
+    def _eval_batch_end(self, stage: str, batch_idx: int, totals: Any, dataloader_idx: int) -> None:
+        if self._due() and not self.trainer.sanity_checking:
+            total = totals[dataloader_idx] if isinstance(totals, list) else totals
+            total_text = str(int(total)) if total != float("inf") else "?"
+            self._line(f"{stage} batch {batch_idx + 1}/{total_text}")
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._eval_batch_end("validation", batch_idx, trainer.num_val_batches, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._eval_batch_end("test", batch_idx, trainer.num_test_batches, dataloader_idx)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._eval_batch_end("predict", batch_idx, trainer.num_predict_batches, dataloader_idx)
