@@ -142,6 +142,20 @@ class APMModule(pl.LightningModule):
         )
 
     # --- backbones and tokenizers ---------------------------------------------------------
+    def choose_backbone(self, default: str | None, required: str | None = None) -> None:
+        """After ``save_hyperparameters``: ``backbone`` (pretrained weights) and
+        ``backbone_config`` (from scratch) must not contradict each other, a config means from
+        scratch whatever the class's default backbone, and with ``required`` (the message) one
+        of the two must be given."""
+        from apm_lightning.models.backbones import check_backbone_choice
+
+        backbone, config = self.hparams.get("backbone"), self.hparams.get("backbone_config")
+        check_backbone_choice(backbone, config, default=default)
+        if required and backbone is None and config is None:
+            raise APMError(required)
+        if config is not None:
+            self.hparams.backbone = None
+
     def tokenizer_source(self) -> str:
         source = self.hparams.get("tokenizer") or self.hparams.get("backbone")
         if source is None:

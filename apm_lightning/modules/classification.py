@@ -243,11 +243,7 @@ class TransformerClassifier(ClassifierModule):
         super().__init__(task)
         # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
         self.save_hyperparameters(ignore=["task"])
-        from apm_lightning.models.backbones import check_backbone_choice
-
-        check_backbone_choice(backbone, backbone_config, default="minilm")
-        if backbone_config is not None:
-            self.hparams.backbone = None  # a config means: from scratch, whatever the default
+        self.choose_backbone(default="minilm")
         if self.glue_task is not None:
             self.net = self.build_network()
 

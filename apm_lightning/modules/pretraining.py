@@ -85,16 +85,12 @@ class PretrainingModule(APMModule):
         chosen = objective_class(objective)  # an unknown name: one line listing the registered ones
         if attention not in ATTENTIONS:
             raise APMError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTIONS)}")
-        from apm_lightning.models.backbones import check_backbone_choice
-
-        check_backbone_choice(backbone, backbone_config, default=None)
-        if backbone is None and backbone_config is None:
-            raise APMError("set model.backbone (a path, hub name or 'minilm') or model.backbone_config")
         if not 0.0 < mask_rate < 1.0:
             raise APMError(f"mask_rate must be between 0 and 1, not {mask_rate}")
         self.save_hyperparameters()
-        if backbone_config is not None:
-            self.hparams.backbone = None
+        self.choose_backbone(
+            None, "set model.backbone (a path, hub name or 'minilm') or model.backbone_config"
+        )
         self.causal = attention == "causal" or (attention == "auto" and chosen.causal_only)
         if chosen.causal_only and not self.causal:
             raise APMError(

@@ -144,11 +144,7 @@ class QuestionAnsweringModule(APMModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from apm_lightning.models.backbones import check_backbone_choice
-
-        check_backbone_choice(backbone, backbone_config, default="minilm")
-        if backbone_config is not None:
-            self.hparams.backbone = None  # a config means: from scratch, whatever the default
+        self.choose_backbone(default="minilm")
         # The head does not depend on the data, so the network is built here (and a checkpoint
         # loads without data); the SQuAD version comes from the data or the checkpoint.
         self.net = build_qa_network(self.hparams.backbone, backbone_config, trust_remote_code)

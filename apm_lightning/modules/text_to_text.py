@@ -58,15 +58,9 @@ class TextToTextClassifier(ClassifierModule):
     ) -> None:
         super().__init__(task)
         self.save_hyperparameters(ignore=["task"])
-        from apm_lightning.models.backbones import check_backbone_choice
-
-        check_backbone_choice(backbone, backbone_config, default=None)
-        if backbone is None and backbone_config is None:
-            raise APMError(
-                "set model.backbone (an encoder-decoder folder or hub name) or model.backbone_config"
-            )
-        if backbone_config is not None:
-            self.hparams.backbone = None
+        self.choose_backbone(
+            None, "set model.backbone (an encoder-decoder folder or hub name) or model.backbone_config"
+        )
         self._invalid = MeanMetric()
         if self.glue_task is not None:
             self.net = self.build_network()

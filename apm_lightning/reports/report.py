@@ -14,12 +14,12 @@ are a group of their own, never pooled with runs on the real task. With W&B on
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from apm_lightning.core.arguments import command_parser
 from apm_lightning.core.errors import APMError
 from apm_lightning.reports import plots
 from apm_lightning.reports.tables import (
@@ -121,12 +121,7 @@ def log_to_wandb(rows, report: dict[str, Any], out: Path, mode: str, project: st
 
 
 def report_main(argv: list[str]) -> dict[str, Any]:
-    p = argparse.ArgumentParser(
-        prog="apm report",
-        description=__doc__,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("apm report", __doc__)
     p.add_argument("runs", nargs="+", help="run directories, or folders above them")
     p.add_argument("--out", default="report", help="output folder")
     p.add_argument("--title", default=None)

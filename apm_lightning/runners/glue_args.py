@@ -7,6 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
+from apm_lightning.core.arguments import command_parser
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.recipes import find_recipe
 from apm_lightning.data.tasks import get_task
@@ -27,12 +28,7 @@ PASS_THROUGH = (
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="apm glue",
-        description=description,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("apm glue", description)
     p.add_argument("--model", default="minilm", help="backbone path/name, or a model config YAML")
     p.add_argument(
         "--tasks",
