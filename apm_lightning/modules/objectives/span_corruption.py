@@ -158,7 +158,9 @@ class SpanCorruption(Objective):
         module.register_buffer("sentinel_ids", torch.tensor(sentinel_ids(tokenizer)), persistent=False)
         module.register_buffer("end_id", torch.tensor([end]), persistent=False)
 
-    def corrupt(self, input_ids: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def corrupt(
+        self, input_ids: torch.Tensor, keys: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)``: the blocks with each noise span replaced by a sentinel, and
         per block each sentinel followed by the span it hides, then the end token."""
         module = self.module
