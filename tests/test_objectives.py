@@ -166,7 +166,7 @@ def test_unknown_objective_or_setting_is_one_line(tmp_path, capsys):
     assert main([*args, "--model.objective", "bert"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "apm: error: unknown objective 'bert': choose one of mlm, clm, electra, prefix_lm, shuffled_tokens"
+        "apm: error: unknown objective 'bert': choose one of mlm, clm, electra, prefix_lm, shuffled_tokens, span_corruption"
     ]
     assert main([*args, "--model.objective_args", '{"shuffle_rat": 0.2}']) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -15,6 +15,10 @@ unigram     ALBERT/SentencePiece Unigram, Metaspace  ``<pad> <unk> [CLS] [SEP] [
 
 WordPiece and Unigram tokenizers give ``token_type_ids`` (0 for the first text, 1 for the
 second) as BERT and ALBERT do; byte-level BPE gives none, as RoBERTa does.
+
+``--sentinels N`` adds T5's span-corruption sentinels ``<extra_id_0>`` .. ``<extra_id_{N-1}>`` as
+special tokens at the top of the vocabulary, counting down as in T5 (``<extra_id_0>`` has the
+highest id); they count within ``--vocab-size``, so N fewer pieces are learned.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ KINDS = ("wordpiece", "bpe", "unigram")
 # byte-level BPE, the 256 byte symbols it always holds).
 MIN_LEARNED = 100
 BYTE_ALPHABET = 256
+SENTINEL = "<extra_id_{}>"  # T5's sentinel tokens (modules/objectives/span_corruption.py)
 RECORD_FILE = "apm_tokenizer.json"
 
 
@@ -201,6 +206,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     model_max_length: int = 512,
     overwrite: bool = False,
+    sentinels: int = 0,
 ) -> Path:
     """Learn a ``kind`` tokenizer of at most ``vocab_size`` entries from ``texts`` (documents)
     and save it to ``out_dir`` as a Hugging Face tokenizer folder; returns ``out_dir``.
@@ -210,12 +216,14 @@ def train_tokenizer(
     """
     kind = _check_kind(kind)
     out = Path(out_dir).expanduser().resolve()
-    smallest = min_vocab_size(kind)
+    if not isinstance(sentinels, int) or sentinels < 0:
+        raise APMError(f"sentinels must be 0 or more, got {sentinels}")
+    smallest = min_vocab_size(kind) + sentinels
     if not isinstance(vocab_size, int) or vocab_size < smallest:
         reserved = "special tokens and 256 byte symbols" if kind == "bpe" else "special tokens"
         raise APMError(
             f"vocab_size {vocab_size} is too small for a {kind} tokenizer: use at least {smallest} "
-            f"({reserved} plus {MIN_LEARNED} learned pieces)"
+            f"({reserved}{' and sentinels' if sentinels else ''} plus {MIN_LEARNED} learned pieces)"
         )
     if min_frequency < 0:
         raise APMError(f"min_frequency must be 0 or more, got {min_frequency}")
@@ -227,9 +235,15 @@ def train_tokenizer(
     if not documents.has_text():
         raise APMError("no text to train a tokenizer on (every document is empty)")
 
-    tokenizer, trainer = _build(kind, vocab_size, lowercase, min_frequency)
+    tokenizer, trainer = _build(kind, vocab_size - sentinels, lowercase, min_frequency)
     tokenizer.train_from_iterator(documents, trainer=trainer)
     tokenizer.post_processor = _post_processor(kind, tokenizer)
+    # Added after the learned pieces, last first: <extra_id_0> gets the top id (T5's convention).
+    extra = [SENTINEL.format(i) for i in reversed(range(sentinels))]
+    if extra:
+        from tokenizers import AddedToken
+
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in extra])
 
     from transformers import PreTrainedTokenizerFast
 
@@ -248,6 +262,7 @@ def train_tokenizer(
         eos_token=specials.sep,
         model_max_length=model_max_length,
         model_input_names=input_names,
+        **({"additional_special_tokens": extra} if extra else {}),
     )
     if wrapped.pad_token_id != 0:  # the trainers put special tokens first, in the order given
         raise RuntimeError(f"pad token got id {wrapped.pad_token_id}, expected 0")
@@ -257,6 +272,7 @@ def train_tokenizer(
         "requested_vocab_size": vocab_size,
         "lowercase": lowercase,
         "min_frequency": min_frequency,
+        "sentinels": sentinels,
         "documents": documents.documents,
         "characters": documents.characters,
         "special_tokens": {
@@ -312,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-documents", type=int, default=None, help="read at most this many documents")
     p.add_argument("--model-max-length", type=int, default=512, help="the tokenizer's model_max_length")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--sentinels", type=int, default=0, help="add T5's <extra_id_N> sentinels (top ids)")
     return p
 
 
@@ -356,6 +373,7 @@ def tokenizer_main(argv: list[str]) -> None:
         min_frequency=args.min_frequency,
         model_max_length=args.model_max_length,
         overwrite=args.overwrite,
+        sentinels=args.sentinels,
     )
     record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
     print(

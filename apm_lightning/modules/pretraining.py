@@ -114,7 +114,7 @@ class PretrainingModule(APMModule):
 
     # ------------------------------------------------------------------ building
     def load_tokenizer(self):
-        tokenizer = super().load_tokenizer()
+        tokenizer = self.objective.prepare_tokenizer(super().load_tokenizer())
         source = self.tokenizer_source()
         if self.objective.needs_mask_token and tokenizer.mask_token_id is None:
             raise APMError(

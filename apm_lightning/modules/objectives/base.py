@@ -8,6 +8,8 @@ the optimizer, the loops, the keyed random draws, checkpoints, export and result
 objective for the rest:
 
 - its own settings (``arguments``, set in a config as ``model.objective_args``);
+- tokens it adds to the tokenizer (``prepare_tokenizer``: T5's sentinels), before the
+  vocabulary size is read;
 - the networks, built on a Hugging Face config (``build``; ``needs_mask_token``, ``causal_only``
   and ``model_type`` constrain the config and tokenizer it gets);
 - the loss and metric values of a batch (``compute``);
@@ -89,6 +91,11 @@ class Objective:
         return self.module.hparams
 
     # ------------------------------------------------------------------ building
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        """The tokenizer this objective trains with and exports: e.g. with tokens added. It is
+        called before the model's vocabulary size is taken from it, and for the corpus too."""
+        return tokenizer
+
     def check_config(self, config: Any) -> None:
         """Refuse (APMError) a Hugging Face config this objective cannot train."""
 
