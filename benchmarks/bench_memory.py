@@ -208,6 +208,7 @@ def main() -> int:
     p.add_argument("--eval-rows", type=int, default=400, help="validation rows / questions / blocks")
     p.add_argument("--documents", type=int, default=None, help="TAPT: first N SST-2 sentences")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the children")
+    p.add_argument("--no-baseline", action="store_true", help="run only the workload (no fine-tuning peers)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and rows: checks the script")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     a = p.parse_args()
@@ -220,10 +221,11 @@ def main() -> int:
     for target in [a.only] if a.only else list(shapes):
         batch, length, eval_batch = shapes[target]
         run = argparse.Namespace(**vars(a), batch_size=batch, max_length=length, eval_batch_size=eval_batch)
-        results = {name: spawn(name, run) for name in ("finetune", "finetune_full", target)}
-        base = results["finetune"]["peak_rss_mb"]
+        names = (target,) if a.no_baseline else ("finetune", "finetune_full", target)
+        results = {name: spawn(name, run) for name in names}
+        base = results["finetune"]["peak_rss_mb"] if "finetune" in results else None
         for name, result in results.items():
-            ratio = result["peak_rss_mb"] / base
+            ratio = result["peak_rss_mb"] / base if base else None
             rows.append({"workload": name, "shape": f"{batch}x{length}", "ratio": ratio, **result})
     print(table(rows))
     if a.json:
