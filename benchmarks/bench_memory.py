@@ -18,6 +18,8 @@ most SQuAD windows are full length, so ``finetune_full`` also pads SST-2 to the 
     python benchmarks/bench_memory.py              # the table (a few minutes on a CPU)
     python benchmarks/bench_memory.py --smoke      # seconds: tiny shapes, checks the script
     python benchmarks/bench_memory.py --only squad --steps 5
+    python benchmarks/bench_memory.py --only squad --train-rows 0 --eval-rows 0   # whole splits
+    python benchmarks/bench_memory.py --env MALLOC_MMAP_THRESHOLD_=1048576         # glibc setting
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ def pad_to_full_length(length: int) -> None:
 
 def workload_args(name: str, a: argparse.Namespace, cache: Path, run_dir: Path) -> list[str]:
     glue = str(DATA_ROOT / "glue")
+    train_rows = a.steps * a.batch_size if a.train_rows is None else a.train_rows
+    limit = {
+        "--data.max_train_samples": str(train_rows) if train_rows else "null",
+        "--data.max_eval_samples": str(a.eval_rows) if a.eval_rows else "null",
+    }
+    limits = [x for kv in limit.items() for x in kv]
     common = [
         "--trainer.max_steps", str(a.steps), "--trainer.val_check_interval", str(a.steps),
         "--trainer.check_val_every_n_epoch", "null", "--trainer.max_epochs", "-1",
@@ -152,17 +160,14 @@ def workload_args(name: str, a: argparse.Namespace, cache: Path, run_dir: Path) 
     if name in ("finetune", "finetune_full"):
         return [
             "fit", "-c", "experiments/glue/sst2.yaml", "--data.data_dir", glue,
-            "--data.max_train_samples", str(a.steps * a.batch_size),
-            "--data.max_eval_samples", str(a.eval_rows), "--data.max_seq_length", str(a.max_length),
-            *common,
+            *limits, "--data.max_seq_length", str(a.max_length), *common,
         ]  # fmt: skip
     if name == "squad":
         stride = min(128, (a.max_length - 64 - 3) // 2)  # the recipe's 128 at 384 tokens
         return [
             "fit", "-c", "experiments/squad/v1.yaml",
             "--data.train_file", str(DATA_ROOT / "squad" / "v1.1" / "dev-v1.1.json"),
-            "--data.split_by_article", "24", "--data.max_train_samples", str(a.steps * a.batch_size),
-            "--data.max_eval_samples", str(a.eval_rows), "--data.max_seq_length", str(a.max_length),
+            "--data.split_by_article", "24", *limits, "--data.max_seq_length", str(a.max_length),
             "--data.doc_stride", str(stride), *common,
         ]  # fmt: skip
     if name == "tapt":
@@ -170,7 +175,7 @@ def workload_args(name: str, a: argparse.Namespace, cache: Path, run_dir: Path) 
         return [
             "fit", "-c", "experiments/pretrain/tapt_minilm_sst2.yaml", "--data.data_dir", glue,
             "--data.block_size", str(a.max_length),
-            "--data.max_validation_blocks", str(a.eval_rows), *documents, *common,
+            "--data.max_validation_blocks", str(a.eval_rows or "null"), *documents, *common,
         ]  # fmt: skip
     raise ValueError(name)
 
@@ -205,7 +210,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["squad", "tapt"], default=None)
     p.add_argument("--steps", type=int, default=8, help="training steps per run (peaks show early)")
-    p.add_argument("--eval-rows", type=int, default=400, help="validation rows / questions / blocks")
+    p.add_argument("--eval-rows", type=int, default=400, help="validation rows / questions / blocks (0: all)")
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="training rows / questions (0: all; default: steps x batch)",
+    )
     p.add_argument("--documents", type=int, default=None, help="TAPT: first N SST-2 sentences")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the children")
     p.add_argument("--no-baseline", action="store_true", help="run only the workload (no fine-tuning peers)")
