@@ -28,8 +28,10 @@ def file_digest(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:32]
 
 
-def cached_dataset(path: Path, build: Callable[[], dict[str, list]]) -> Any:
-    """Load the dataset at ``path``, or build its columns, save them there and load them."""
+def cached_dataset(path: Path, build: Callable[[], Any]) -> Any:
+    """Load the dataset at ``path``, or build its columns (a dict of lists, or a ``Dataset``
+    built in parts so that no whole split is held as Python lists), save them there and load
+    them."""
     import datasets
 
     if path.is_dir():
@@ -37,7 +39,8 @@ def cached_dataset(path: Path, build: Callable[[], dict[str, list]]) -> Any:
             return datasets.load_from_disk(str(path))
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             shutil.rmtree(path, ignore_errors=True)
-    dataset = datasets.Dataset.from_dict(build())
+    built = build()
+    dataset = built if isinstance(built, datasets.Dataset) else datasets.Dataset.from_dict(built)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     dataset.save_to_disk(str(tmp))
     try:

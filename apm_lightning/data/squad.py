@@ -34,6 +34,7 @@ from apm_lightning.data.squad_files import (
 )
 
 SOURCES = ("auto", "files", "local", "hub")
+CHUNK_QUESTIONS = 500  # questions tokenized (and turned into Arrow) at a time
 # Folder and file names under $APM_DATA_DIR/squad, as the official downloads are named.
 LOCAL_LAYOUT = {
     1: ("v1.1", "train-v1.1.json", "dev-v1.1.json"),
@@ -269,16 +270,27 @@ class SQuADDataModule(TextDataModule):
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
         path = self.cache_dir / "tokenized" / f"squad-{split}-{key}"
 
-        def build() -> dict[str, list]:
-            return prepare_features(
-                self.encoder.tokenizer,
-                examples,
-                self.max_seq_length,
-                self.doc_stride,
-                self.max_query_length,
-                labels=train,
-                offsets=not train,
-            )
+        def build():
+            import datasets
+
+            # In parts of CHUNK_QUESTIONS questions, each made Arrow at once: the features of a
+            # whole split as Python lists (offsets above all) took about 450 MB for 5,000
+            # questions, and much of it stayed in the process after it was freed.
+            parts = []
+            for first in range(0, max(len(examples), 1), CHUNK_QUESTIONS):
+                columns = prepare_features(
+                    self.encoder.tokenizer,
+                    examples[first : first + CHUNK_QUESTIONS],
+                    self.max_seq_length,
+                    self.doc_stride,
+                    self.max_query_length,
+                    labels=train,
+                    offsets=not train,
+                )
+                if "example_index" in columns:
+                    columns["example_index"] = [first + i for i in columns["example_index"]]
+                parts.append(datasets.Dataset.from_dict(columns))
+            return datasets.concatenate_datasets(parts)
 
         return cached_dataset(path, build)
 
@@ -291,8 +303,7 @@ class SQuADDataModule(TextDataModule):
         # Evaluation features carry their question's index and offsets, so the sampler may
         # order them by length (less padding) and they still map back. Every rank evaluates all
         # features: the scoring decodes whole questions, which a shard would split.
-        lengths = [len(x) for x in dataset["input_ids"]]
-        return self.batch_loader(dataset, lengths, train, shard_evaluation=False)
+        return self.batch_loader(dataset, _lengths(dataset), train, shard_evaluation=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader_for("train", train=True)
@@ -305,7 +316,15 @@ class SQuADDataModule(TextDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self.datasets["predict"]
-        return self.predict_loader(dataset, [len(x) for x in dataset["input_ids"]])
+        return self.predict_loader(dataset, _lengths(dataset))
+
+
+def _lengths(dataset) -> list[int]:
+    """Tokens per feature, read from the Arrow column: ``dataset["input_ids"]`` would first make
+    every window a Python list of ints (about 80 MB for SQuAD v1.1 dev) on every loader."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
 
 
 @rank_zero_only

@@ -30,11 +30,20 @@ import torch
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
+from apm_lightning.data.squad_features import offsets_array
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
 from apm_lightning.modules.base import APMModule
 
-# One evaluation feature: (question index, context offsets, start logits, end logits).
-Feature = tuple[int, list, np.ndarray, np.ndarray]
+# One evaluation feature: (question index, context offsets, start logits, end logits). The
+# offsets are an (n, 2) int32 array, -1 off the context (``offsets_array``); a list with None
+# there is accepted too. Evaluation keeps one per window until it decodes, so they stay compact:
+# about 16 bytes a token (see tests/test_memory.py).
+Feature = tuple[int, np.ndarray | list, np.ndarray, np.ndarray]
+
+
+def _first_context_char(offsets: np.ndarray) -> int:
+    context = np.flatnonzero(offsets[:, 0] >= 0)
+    return int(offsets[context[0], 0]) if len(context) else 0
 
 
 def postprocess(
@@ -50,16 +59,17 @@ def postprocess(
     """
     by_question: dict[int, list[Feature]] = defaultdict(list)
     for feature in features:
-        by_question[feature[0]].append(feature)
+        index, offsets, start, end = feature
+        by_question[index].append((index, offsets_array(offsets), start, end))
     answers, null_odds = {}, {}
     for index, windows in by_question.items():
         example = examples[index]
         # Windows in text order, so that ties resolve as in the reference (first window wins).
-        windows.sort(key=lambda f: next((o[0] for o in f[1] if o is not None), 0))
+        windows.sort(key=lambda f: _first_context_char(f[1]))
         best_score, best_span, null_score = -np.inf, None, np.inf
         for _, offsets, start, end in windows:
             null_score = min(null_score, float(start[0] + end[0]))
-            valid = np.array([o is not None for o in offsets])
+            valid = offsets[:, 0] >= 0
             starts = np.argsort(start)[::-1][:n_best_size]
             ends = np.argsort(end)[::-1][:n_best_size]
             s, e = np.meshgrid(starts, ends, indexing="ij")
@@ -70,7 +80,7 @@ def postprocess(
             k = np.unravel_index(int(np.argmax(scores)), scores.shape)
             if scores[k] > best_score:
                 best_score = float(scores[k])
-                best_span = (offsets[s[k]][0], offsets[e[k]][1])
+                best_span = (int(offsets[s[k], 0]), int(offsets[e[k], 1]))
         answers[example.id] = example.context[best_span[0] : best_span[1]] if best_span else ""
         null_odds[example.id] = null_score - best_score  # +inf when no span was possible
     return answers, null_odds
@@ -201,11 +211,11 @@ class QuestionAnsweringModule(APMModule):
     def _collect(self, batch: dict[str, Any]) -> list[Feature]:
         start, end = (t.float().cpu().numpy() for t in self(batch))
         lengths = batch["attention_mask"].sum(1).tolist()
+        offsets = batch["offset_mapping"]
+        # Copies, one per window: a view would keep its whole padded batch array alive.
         return [
-            (int(index), offsets, start[i, :n], end[i, :n])
-            for i, (index, offsets, n) in enumerate(
-                zip(batch["example_index"].tolist(), batch["offset_mapping"], lengths, strict=True)
-            )
+            (int(index), offsets_array(offsets[i])[:n].copy(), start[i, :n].copy(), end[i, :n].copy())
+            for i, (index, n) in enumerate(zip(batch["example_index"].tolist(), lengths, strict=True))
         ]
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
