@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 from run_options import QUIET as QUIET_RUN
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not (DATA / "corpus").is_dir(), reason="../shared/data is missing")
 
 QUIET = [a for a in QUIET_RUN if not a.startswith("--wandb_mode")]  # the study sets W&B itself
 STUDY = {

@@ -7,14 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GLUE, SQUAD
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 FIXTURE_TASKS = {"stsb", "qqp", "mnli", "qnli"}
-
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,6 @@ QUICK = [
     "--trainer.enable_model_summary",
     "false",
 ]
-
-
-SQUAD = REPO.parent / "shared" / "data" / "squad"
 
 
 def experiment_runs() -> list[tuple[str, ...]]:

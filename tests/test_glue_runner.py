@@ -9,13 +9,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import GLUE
 
 from apm_lightning.cli import main
 from apm_lightning.metrics.glue_score import glue_score, glue_score_from_table, summarize, task_score
 from apm_lightning.runners import submission
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 
 
@@ -181,7 +181,6 @@ def test_bad_submission_files_are_left_out(tmp_path, name, edit, problem):
         assert name not in archive.namelist() and len(archive.namelist()) == 10
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 def test_local_test_files_have_the_official_row_counts():
     from apm_lightning.runners.glue import local_test_ids, task_folder
 
@@ -191,7 +190,6 @@ def test_local_test_files_have_the_official_row_counts():
 
 
 # --------------------------------------------------------------------------- the runner
-@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 def test_glue_runner_end_to_end(tmp_path, monkeypatch):
     """RTE and MNLI (fixture files) with two seeds, AX from the MNLI model, CoLA without data;
     one RTE seed crashes and a second invocation runs only that one."""

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GLUE
 from run_options import QUIET
 
 from apm_lightning.cli import main
 from apm_lightning.core.recipes import find_recipe, recipe_names, recipes_root, resolve_config_args
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY_RUN = ["--data.max_train_samples", "32", "--data.max_eval_samples", "32", "--data.max_seq_length", "32"]
 
 

@@ -13,6 +13,7 @@ import pytest
 import test_fault_tolerance as ft
 import torch
 import torch.nn.functional as F
+from conftest import CORPUS, GLUE
 from run_options import QUIET
 
 from apm_lightning.cli import main
@@ -27,12 +28,9 @@ from apm_lightning.modules.pretraining import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "corpus"
 WIKI = CORPUS / "wikitext-2-raw" / "wiki.valid.raw"
-GLUE = REPO.parent / "shared" / "data" / "glue"
 PRETRAIN = REPO / "experiments" / "pretrain"
 
-pytestmark = pytest.mark.skipif(not WIKI.is_file(), reason="../shared/data/corpus is missing")
 
 TINY = {
     "model_type": "bert",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SQUAD
 
 from apm_lightning.cli import main
 from apm_lightning.core.errors import APMError
@@ -28,11 +29,9 @@ from apm_lightning.metrics.squad import (
 from apm_lightning.modules.question_answering import postprocess
 
 REPO = Path(__file__).resolve().parents[1]
-SQUAD = REPO.parent / "shared" / "data" / "squad"
 V1 = SQUAD / "v1.1" / "dev-v1.1.json"
 V2 = SQUAD / "v2.0" / "train-v2.0.first11articles.json"
 TINY_QA = str(REPO / "experiments" / "models" / "tiny_bert_qa.yaml")
-needs_data = pytest.mark.skipif(not (V1.is_file() and V2.is_file()), reason="../shared/data/squad is missing")
 
 
 # ------------------------------------------------------------------ scoring by hand
@@ -127,7 +126,6 @@ def test_v2_threshold_when_answering_nothing_is_best():
     assert threshold < 0.5 and tuned["exact"] == tuned["f1"] == 100.0
 
 
-@needs_data
 def test_gold_answers_score_100_on_the_real_files():
     v1 = gold_answers(json.loads(V1.read_text())["data"])
     assert len(v1) == 10570
@@ -154,7 +152,6 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
 
 
-@needs_data
 @pytest.mark.parametrize("path", [V1, V2], ids=["v1.1-dev", "v2.0-train11"])
 @pytest.mark.parametrize("window", [(384, 128, 64), (128, 64, 32)], ids=["384-128", "128-64"])
 def test_labels_map_back_to_every_gold_answer(tokenizer, path, window):
@@ -206,7 +203,6 @@ def test_postprocess_by_hand():
 
 
 # ------------------------------------------------------------------ the data module
-@needs_data
 def test_split_by_article_and_version_detection():
     dm = SQuADDataModule(train_file=str(V1), split_by_article=24)
     dm.check("fit")
@@ -312,7 +308,6 @@ def _common(version: int) -> list:
     ]
 
 
-@needs_data
 @pytest.mark.parametrize("version", [1, 2])
 def test_fit_and_predict(tmp_path, version, capsys):
     run = tmp_path / "run"
@@ -363,7 +358,6 @@ def test_fit_and_predict(tmp_path, version, capsys):
         assert list(json.loads(odds.read_text())) == expected
 
 
-@needs_data
 def test_checkpoint_identity_and_export(tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
@@ -396,7 +390,6 @@ def test_checkpoint_identity_and_export(tmp_path):
         )
 
 
-@needs_data
 def test_cli_bad_file_is_one_line(tmp_path, capsys):
     bad = _write(tmp_path / "bad.json", _squad(answer_start=0))
     rc = apm(
