@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import SQUAD
+from conftest import SQUAD, SQUAD_COUNTS
 
 from apm_lightning.cli import main
 from apm_lightning.data.squad import SQuADDataModule
@@ -285,6 +285,7 @@ def test_validation_without_unanswerable_questions_warns_in_one_line(tmp_path, c
 def test_the_real_v2_file_split_after_six_articles_warns(capsys):
     """Articles 7-11 of the offline v2.0 file have no unanswerable question; 5 and 6 have."""
     SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=6).check("fit")
-    assert "apm: warning: none of the 2243 SQuAD v2.0 validation questions" in capsys.readouterr().err
+    questions = SQUAD_COUNTS["v2_after_six_articles"]
+    assert f"apm: warning: none of the {questions} SQuAD v2.0 validation questions" in capsys.readouterr().err
     SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=4).check("fit")
     assert capsys.readouterr().err == ""

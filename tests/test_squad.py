@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SQUAD
+from conftest import SQUAD, SQUAD_COUNTS
 
 from apm_lightning.cli import main
 from apm_lightning.core.errors import APMError
@@ -128,17 +128,18 @@ def test_v2_threshold_when_answering_nothing_is_best():
 
 def test_gold_answers_score_100_on_the_real_files():
     v1 = gold_answers(json.loads(V1.read_text())["data"])
-    assert len(v1) == 10570
+    assert len(v1) == SQUAD_COUNTS["v1_questions"]
     assert squad_v1_scores(v1, {q: g[0] for q, g in v1.items()}) == {
         "exact": 100.0,
         "f1": 100.0,
-        "total": 10570,
+        "total": SQUAD_COUNTS["v1_questions"],
     }
     v2 = gold_answers(json.loads(V2.read_text())["data"])
     preds = {q: g[0] if g else "" for q, g in v2.items()}
     scores = squad_v2_scores(v2, preds, {q: 0.0 if g else 1.0 for q, g in v2.items()})
     assert scores["exact"] == scores["f1"] == 100.0
-    assert (scores["total"], scores["HasAns_total"], scores["NoAns_total"]) == (5147, 4799, 348)
+    counts = SQUAD_COUNTS["v2_questions"], SQUAD_COUNTS["v2_answerable"], SQUAD_COUNTS["v2_unanswerable"]
+    assert (scores["total"], scores["HasAns_total"], scores["NoAns_total"]) == counts
     assert scores["HasAns_f1"] == scores["NoAns_exact"] == scores["best_f1"] == 100.0
 
 
@@ -207,7 +208,8 @@ def test_split_by_article_and_version_detection():
     dm = SQuADDataModule(train_file=str(V1), split_by_article=24)
     dm.check("fit")
     train, val = dm.examples("train"), dm.examples("validation")
-    assert len(train) + len(val) == 10570 and not {q.id for q in train} & {q.id for q in val}
+    total = SQUAD_COUNTS["v1_questions"]
+    assert len(train) + len(val) == total and not {q.id for q in train} & {q.id for q in val}
     articles = read_squad_file(V1).articles
     assert [q.id for q in train] == [q.id for a in articles[:24] for q in a]
     assert dm.squad_version == 1 and dm.split_names("fit") == ["validation"]
