@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GLUE, SQUAD
+from conftest import GLUE, GLUE_ROWS, SQUAD
 
 from apm_lightning.cli import main
 
@@ -177,7 +177,10 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     second.setup("fit")
     assert len(calls) == 2  # nothing tokenized again
     assert second.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
-    assert len(second.datasets["train"]) == 200 and len(second.datasets["validation"]) == 277
+    assert (
+        len(second.datasets["train"]) == 200
+        and len(second.datasets["validation"]) == GLUE_ROWS["rte", "validation"]
+    )
     # Another truncation length is another cache entry.
     third = GLUEDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200, max_seq_length=64)
     third.encoder = CountingEncoder(tokenizer)
@@ -203,7 +206,7 @@ def test_ax_is_predicted_with_an_mnli_model(tmp_path, fixture_glue):
         == 0
     )
     lines = (tmp_path / "predictions" / "ax_test.tsv").read_text().splitlines()
-    assert len(lines) == 1105 and lines[0] == "index\tprediction"
+    assert len(lines) == GLUE_ROWS["ax", "test"] + 1 and lines[0] == "index\tprediction"
     assert {x.split("\t")[1] for x in lines[1:]} <= {"entailment", "neutral", "contradiction"}
 
 
