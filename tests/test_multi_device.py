@@ -166,6 +166,7 @@ def test_ci_workflow_runs_the_readme_test_command():
     workflow = yaml.safe_load((REPO / ".github/workflows/tests.yml").read_text())
     steps = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert command in steps
+    assert command in (REPO / ".ci/run").read_text().splitlines()
 
 
 def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
