@@ -59,6 +59,7 @@ STUDY = {
 
 
 def test_compare_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("APM_DATA_DIR", str(DATA))  # the study's corpus and GLUE files, real or generated
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     out = tmp_path / "out"

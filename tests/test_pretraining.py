@@ -13,7 +13,7 @@ import pytest
 import test_fault_tolerance as ft
 import torch
 import torch.nn.functional as F
-from conftest import CORPUS, GLUE
+from conftest import CORPUS, GLUE, REAL_DATA
 from run_options import QUIET
 
 from apm_lightning.cli import main
@@ -285,7 +285,9 @@ def test_a_few_steps_of_each_objective_then_classifier_from_export(name, tmp_pat
     assert lm_loss < math.log(30522) + 1.0
     if objective == "electra":
         disc = results["metrics"]["discriminator_loss"]
-        assert results["val_loss"] == pytest.approx(lm_loss + 50 * disc, rel=1e-4)
+        # Approximate: the total is averaged per masked token, the BCE per token, so batches with
+        # more or fewer masked tokens tilt it; on the generated corpus by about 1.3e-4.
+        assert results["val_loss"] == pytest.approx(lm_loss + 50 * disc, rel=1e-4 if REAL_DATA else 1e-3)
     key = {"mlm": "masked_accuracy", "clm": "perplexity", "electra": "replaced_accuracy"}[objective]
     assert key in results["metrics"]
     if objective == "clm":
