@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import DATA
+
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
+CORPUS = DATA / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 
 QUIET = [
     "--wandb_mode=disabled",

@@ -8,16 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import GLUE
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 BILSTM = str(REPO / "experiments" / "models" / "bilstm.yaml")
-
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 def run_fit(task: str, data_dir: Path, run_dir: Path, *extra, model: str = TINY) -> int:

@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import GLUE
 from run_options import QUIET
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 SST2_HEADER = "sentence\tlabel"
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 RTE = str(REPO / "experiments" / "glue" / "rte.yaml")
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 QUIET = ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
@@ -37,8 +37,6 @@ TINY_BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 512,
 }
-
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 def apm(command: str, *args: str, data_dir: Path = GLUE, model: tuple[str, ...] = (TINY,)) -> int:

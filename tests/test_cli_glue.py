@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 BILSTM = str(REPO / "experiments" / "models" / "bilstm.yaml")
 LOCAL_TASKS = ("cola", "sst2", "mrpc", "rte", "wnli")
-
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 def write_fixture_glue(root: Path) -> Path:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 from run_options import QUIET as QUIET_RUN
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not (DATA / "corpus").is_dir(), reason="../shared/data is missing")
 
 QUIET = [a for a in QUIET_RUN if not a.startswith("--wandb_mode")]  # the study sets W&B itself
 STUDY = {
@@ -60,6 +59,7 @@ STUDY = {
 
 
 def test_compare_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("APM_DATA_DIR", str(DATA))  # the study's corpus and GLUE files, real or generated
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     out = tmp_path / "out"

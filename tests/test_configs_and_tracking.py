@@ -8,14 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GLUE, GLUE_ROWS, SQUAD
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 FIXTURE_TASKS = {"stsb", "qqp", "mnli", "qnli"}
-
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +43,6 @@ QUICK = [
     "--trainer.enable_model_summary",
     "false",
 ]
-
-
-SQUAD = REPO.parent / "shared" / "data" / "squad"
 
 
 def experiment_runs() -> list[tuple[str, ...]]:
@@ -212,7 +207,10 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     second.setup("fit")
     assert len(calls) == 2  # nothing tokenized again
     assert second.datasets["train"]["input_ids"] == first.datasets["train"]["input_ids"]
-    assert len(second.datasets["train"]) == 200 and len(second.datasets["validation"]) == 277
+    assert (
+        len(second.datasets["train"]) == 200
+        and len(second.datasets["validation"]) == GLUE_ROWS["rte", "validation"]
+    )
     # Another truncation length is another cache entry.
     third = ClassificationDataModule(task="rte", data_dir=str(GLUE), max_train_samples=200, max_seq_length=64)
     third.encoder = CountingEncoder(tokenizer)
@@ -238,7 +236,7 @@ def test_ax_is_predicted_with_an_mnli_model(tmp_path, fixture_glue):
         == 0
     )
     lines = (tmp_path / "predictions" / "ax_test.tsv").read_text().splitlines()
-    assert len(lines) == 1105 and lines[0] == "index\tprediction"
+    assert len(lines) == GLUE_ROWS["ax", "test"] + 1 and lines[0] == "index\tprediction"
     assert {x.split("\t")[1] for x in lines[1:]} <= {"entailment", "neutral", "contradiction"}
 
 

@@ -11,19 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE
 
 from apm_lightning.cli import main
 from apm_lightning.training.log_interval import log_interval
 from tests.run_options import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 RTE = str(REPO / "experiments" / "glue" / "rte.yaml")
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 SMALL = ["--data.max_train_samples", "16", "--data.max_eval_samples", "16", "--data.batch_size", "8"]
 SMALL += ["--data.max_seq_length", "32"]
-
-needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 def apm(command: str, run_dir: Path, *args: str) -> int:
@@ -33,7 +31,6 @@ def apm(command: str, run_dir: Path, *args: str) -> int:
     )
 
 
-@needs_glue
 def test_validate_table_is_titled_with_the_task(tmp_path, capsys) -> None:
     assert apm("validate", tmp_path / "run") == 0
     out = capsys.readouterr().out
@@ -79,7 +76,6 @@ def train_loss_rows(run_dir: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if row.get("train/loss")]
 
 
-@needs_glue
 @pytest.mark.parametrize("user_interval", [None, 4])
 def test_short_run_logs_its_training_loss(tmp_path, user_interval) -> None:
     """8 steps: one train/loss row per step by default (Lightning's 50 logged none); a value the

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE
 
 from apm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY = REPO / "experiments" / "models" / "tiny_bert.yaml"
 
-pytestmark = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 # RTE, 48 rows in batches of 8: 6 steps an epoch, 12 in all; last.ckpt every 2 steps.
 ARGS = [

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GLUE_ROWS, real_data_only
 
 from apm_lightning.core import hub
 from apm_lightning.core.errors import APMError
@@ -50,24 +51,8 @@ def n_rows(columns: dict[str, list]) -> int:
 # ---------------------------------------------------------------------------------------------
 # the real GLUE files
 
-EXPECTED_ROWS = [
-    ("cola", "train", 8551),
-    ("cola", "validation", 1043),
-    ("cola", "test", 1063),
-    ("sst2", "train", 67349),
-    ("sst2", "validation", 872),
-    ("sst2", "test", 1821),
-    ("mrpc", "train", 3668),
-    ("mrpc", "validation", 408),
-    ("mrpc", "test", 1725),
-    ("rte", "train", 2490),
-    ("rte", "validation", 277),
-    ("rte", "test", 3000),
-    ("wnli", "train", 635),
-    ("wnli", "validation", 71),
-    ("wnli", "test", 146),
-    ("ax", "test", 1104),
-]
+# Rows per file: the real files' counts (../shared/data/README.md), or the generated tree's.
+EXPECTED_ROWS = [(task, split, rows) for (task, split), rows in GLUE_ROWS.items() if task != "stsb"]
 
 # An independent description of each file, written from the README rather than from the registry.
 _BINARY = {"0": 0, "1": 1}
@@ -138,6 +123,7 @@ def test_real_file_row_counts_via_datamodule(glue_dir, task_name, split, rows):
     assert "local GLUE files" in dm.source_description
 
 
+@real_data_only
 def test_cola_spot_checks(glue_dir):
     cola = get_task("cola")
     train = read_glue_tsv(cola, glue_dir / "CoLA" / "train.tsv", labelled=True)
@@ -163,6 +149,7 @@ def test_cola_spot_checks(glue_dir):
     assert test["idx"][-1] == 1062
 
 
+@real_data_only
 def test_sst2_spot_checks(glue_dir):
     sst2 = get_task("sst2")
     train = read_glue_tsv(sst2, glue_dir / "SST-2" / "train.tsv", labelled=True)
@@ -184,6 +171,7 @@ def test_sst2_spot_checks(glue_dir):
     assert sst2.label_names == ("negative", "positive")
 
 
+@real_data_only
 def test_mrpc_bom_header_and_quotes(glue_dir):
     mrpc = get_task("mrpc")
     raw = (glue_dir / "MRPC" / "train.tsv").read_bytes()
@@ -208,6 +196,7 @@ def test_mrpc_bom_header_and_quotes(glue_dir):
     assert train["label"].count(1) == train_ones == 2474
 
 
+@real_data_only
 def test_rte_quote_at_start_of_field_and_labels(glue_dir):
     rte = get_task("rte")
     dev = read_glue_tsv(rte, glue_dir / "RTE" / "dev.tsv", labelled=True)
@@ -229,6 +218,7 @@ def test_rte_quote_at_start_of_field_and_labels(glue_dir):
     assert rte.label_names == ("entailment", "not_entailment")
 
 
+@real_data_only
 def test_wnli_and_ax_spot_checks(glue_dir):
     wnli = get_task("wnli")
     dev = read_glue_tsv(wnli, glue_dir / "WNLI" / "dev.tsv", labelled=True)
@@ -277,17 +267,20 @@ def test_data_dir_may_be_root_glue_folder_or_task_folder(data_root, glue_dir):
         dm = ClassificationDataModule(task="rte", data_dir=str(where))
         assert dm.raw_split("validation") == expected, where
     dm = ClassificationDataModule(task="RTE", data_dir=str(data_root), source="local")
-    assert n_rows(dm.raw_split("train")) == 2490
+    assert n_rows(dm.raw_split("train")) == GLUE_ROWS["rte", "train"]
 
 
 def test_apm_data_dir_env(monkeypatch, data_root):
     monkeypatch.setenv("APM_DATA_DIR", str(data_root))
     dm = ClassificationDataModule(task="wnli", data_dir=None)
-    assert n_rows(dm.raw_split("validation")) == 71
+    assert n_rows(dm.raw_split("validation")) == GLUE_ROWS["wnli", "validation"]
     assert str(data_root) in dm.source_description
     # The glue folder itself works too.
     monkeypatch.setenv("APM_DATA_DIR", str(data_root / "glue"))
-    assert n_rows(ClassificationDataModule(task="sst-2").raw_split("validation")) == 872
+    assert (
+        n_rows(ClassificationDataModule(task="sst-2").raw_split("validation"))
+        == GLUE_ROWS["sst2", "validation"]
+    )
 
 
 def test_max_samples_and_check(glue_dir):
@@ -297,7 +290,7 @@ def test_max_samples_and_check(glue_dir):
     dm.check("fit")
     assert n_rows(dm.raw_split("train")) == 10
     assert n_rows(dm.raw_split("validation")) == 5
-    assert n_rows(dm.raw_split("test")) == 1725
+    assert n_rows(dm.raw_split("test")) == GLUE_ROWS["mrpc", "test"]
     assert dm.splits_for("validation") == ["validation"]
     with pytest.raises(APMError, match="no split"):
         dm.raw_split("validation_matched")

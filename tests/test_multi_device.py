@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_options import CORPUS, tiny_pretrain_args
+from conftest import GLUE
+from run_options import tiny_pretrain_args
 
 from apm_lightning.cli import main
 from apm_lightning.data.collate import EpochBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TRAINER_CONFIGS = REPO / "experiments" / "trainer"
 
 
@@ -60,7 +60,6 @@ def val_losses(run_dir: Path) -> list[float]:
         return [float(row["val/loss"]) for row in csv.DictReader(f) if row.get("val/loss")]
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 def test_ddp_two_processes_match_one_process(tmp_path, capsys):
     # Dropout off: each rank draws its own masks, so only the arithmetic is compared.
     model = yaml.safe_load((REPO / "experiments/models/tiny_bert.yaml").read_text())
@@ -167,6 +166,7 @@ def test_ci_workflow_runs_the_readme_test_command():
     workflow = yaml.safe_load((REPO / ".github/workflows/tests.yml").read_text())
     steps = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert command in steps
+    assert command in (REPO / ".ci/run").read_text().splitlines()
 
 
 def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
@@ -176,7 +176,6 @@ def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
     )
 
 
-@pytest.mark.skipif(not CORPUS.is_file(), reason="../shared/data/corpus is missing")
 def test_ddp_pretraining_matches_one_process(tmp_path, capsys):
     # Masks and generator samples are keyed by block, and the masked-token loss is normalised
     # by the global count: two ranks of 4 blocks train exactly as one process of 8.

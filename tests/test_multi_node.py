@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_options import CORPUS, tiny_pretrain_args
+from run_options import tiny_pretrain_args
 from test_multi_device import fit_args, val_losses
 
 from apm_lightning.cli import main
@@ -159,7 +159,6 @@ def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
 
 
 @pytest.mark.slow  # about 60 s on 2 busy cores
-@pytest.mark.skipif(not CORPUS.is_file(), reason="../shared/data/corpus is missing")
 def test_srun_two_tasks_pretraining_matches_one_process(tmp_path):
     one = tmp_path / "one"
     assert main(pretrain_args(one, 8)) == 0

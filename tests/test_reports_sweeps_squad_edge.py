@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import SQUAD, SQUAD_COUNTS
 
 from apm_lightning.cli import main
 from apm_lightning.data.squad import SQuADDataModule
@@ -18,7 +19,7 @@ from apm_lightning.metrics.squad import find_best_thresh, raw_scores_v2, squad_v
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
-SQUAD_V2 = REPO.parent / "shared" / "data" / "squad" / "v2.0" / "train-v2.0.first11articles.json"
+SQUAD_V2 = SQUAD / "v2.0" / "train-v2.0.first11articles.json"
 QUIET = ["--wandb_mode", "disabled"]
 
 SQUAD_METRICS = {  # as `apm fit` of a v2.0 model writes them: the official scripts' 0-100 scale
@@ -281,10 +282,10 @@ def test_validation_without_unanswerable_questions_warns_in_one_line(tmp_path, c
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.skipif(not SQUAD_V2.is_file(), reason="../shared/data/squad is missing")
 def test_the_real_v2_file_split_after_six_articles_warns(capsys):
     """Articles 7-11 of the offline v2.0 file have no unanswerable question; 5 and 6 have."""
     SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=6).check("fit")
-    assert "apm: warning: none of the 2243 SQuAD v2.0 validation questions" in capsys.readouterr().err
+    questions = SQUAD_COUNTS["v2_after_six_articles"]
+    assert f"apm: warning: none of the {questions} SQuAD v2.0 validation questions" in capsys.readouterr().err
     SQuADDataModule(train_file=str(SQUAD_V2), split_by_article=4).check("fit")
     assert capsys.readouterr().err == ""

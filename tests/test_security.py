@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE
 
 from apm_lightning.cli import main
 from apm_lightning.core.redact import MASK, redact
 from apm_lightning.training.checkpointing import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 RTE = str(REPO / "experiments" / "glue" / "rte.yaml")
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 QUIET = [
@@ -32,8 +32,6 @@ QUIET = [
 ]
 SMALL = ["--data.max_train_samples", "16", "--data.max_eval_samples", "16", "--data.batch_size", "8"]
 SMALL += ["--data.max_seq_length", "32", "--data.max_predict_samples", "8"]
-
-needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 def apm(command: str, *args: str) -> int:
@@ -55,7 +53,6 @@ def unsafe_copy(ckpt: Path, out: Path) -> Path:
     return out
 
 
-@needs_glue
 def test_unsafe_checkpoints_load_only_when_allowed(trained, tmp_path, capsys):
     evil = unsafe_copy(trained / "checkpoints" / "last.ckpt", tmp_path / "evil.ckpt")
     root = ["--trainer.default_root_dir", str(tmp_path / "run")]
@@ -77,7 +74,6 @@ def test_unsafe_checkpoints_load_only_when_allowed(trained, tmp_path, capsys):
     assert "could not be read" in capsys.readouterr().err
 
 
-@needs_glue
 def test_lightning_restores_go_through_the_safe_loader(trained, tmp_path, monkeypatch):
     """fit (resume), validate, predict and the end-of-fit validation all read checkpoints
     through AtomicCheckpointIO, which uses weights_only unless the user opted in."""
@@ -153,7 +149,6 @@ def test_redact_masks_secret_keys_url_passwords_and_parameters():
     assert config["password"] == "hunter2"  # a copy: the input is left alone
 
 
-@needs_glue
 def test_secrets_never_reach_the_run_directory(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     secret = "hunter2-" + str(int(time.time()))

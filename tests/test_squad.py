@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SQUAD, SQUAD_COUNTS
 
 from apm_lightning.cli import main
 from apm_lightning.core.errors import APMError
@@ -28,11 +29,9 @@ from apm_lightning.metrics.squad import (
 from apm_lightning.modules.question_answering import postprocess
 
 REPO = Path(__file__).resolve().parents[1]
-SQUAD = REPO.parent / "shared" / "data" / "squad"
 V1 = SQUAD / "v1.1" / "dev-v1.1.json"
 V2 = SQUAD / "v2.0" / "train-v2.0.first11articles.json"
 TINY_QA = str(REPO / "experiments" / "models" / "tiny_bert_qa.yaml")
-needs_data = pytest.mark.skipif(not (V1.is_file() and V2.is_file()), reason="../shared/data/squad is missing")
 
 
 # ------------------------------------------------------------------ scoring by hand
@@ -127,20 +126,20 @@ def test_v2_threshold_when_answering_nothing_is_best():
     assert threshold < 0.5 and tuned["exact"] == tuned["f1"] == 100.0
 
 
-@needs_data
 def test_gold_answers_score_100_on_the_real_files():
     v1 = gold_answers(json.loads(V1.read_text())["data"])
-    assert len(v1) == 10570
+    assert len(v1) == SQUAD_COUNTS["v1_questions"]
     assert squad_v1_scores(v1, {q: g[0] for q, g in v1.items()}) == {
         "exact": 100.0,
         "f1": 100.0,
-        "total": 10570,
+        "total": SQUAD_COUNTS["v1_questions"],
     }
     v2 = gold_answers(json.loads(V2.read_text())["data"])
     preds = {q: g[0] if g else "" for q, g in v2.items()}
     scores = squad_v2_scores(v2, preds, {q: 0.0 if g else 1.0 for q, g in v2.items()})
     assert scores["exact"] == scores["f1"] == 100.0
-    assert (scores["total"], scores["HasAns_total"], scores["NoAns_total"]) == (5147, 4799, 348)
+    counts = SQUAD_COUNTS["v2_questions"], SQUAD_COUNTS["v2_answerable"], SQUAD_COUNTS["v2_unanswerable"]
+    assert (scores["total"], scores["HasAns_total"], scores["NoAns_total"]) == counts
     assert scores["HasAns_f1"] == scores["NoAns_exact"] == scores["best_f1"] == 100.0
 
 
@@ -154,7 +153,6 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
 
 
-@needs_data
 @pytest.mark.parametrize("path", [V1, V2], ids=["v1.1-dev", "v2.0-train11"])
 @pytest.mark.parametrize("window", [(384, 128, 64), (128, 64, 32)], ids=["384-128", "128-64"])
 def test_labels_map_back_to_every_gold_answer(tokenizer, path, window):
@@ -206,12 +204,12 @@ def test_postprocess_by_hand():
 
 
 # ------------------------------------------------------------------ the data module
-@needs_data
 def test_split_by_article_and_version_detection():
     dm = SQuADDataModule(train_file=str(V1), split_by_article=24)
     dm.check("fit")
     train, val = dm.examples("train"), dm.examples("validation")
-    assert len(train) + len(val) == 10570 and not {q.id for q in train} & {q.id for q in val}
+    total = SQUAD_COUNTS["v1_questions"]
+    assert len(train) + len(val) == total and not {q.id for q in train} & {q.id for q in val}
     articles = read_squad_file(V1).articles
     assert [q.id for q in train] == [q.id for a in articles[:24] for q in a]
     assert dm.squad_version == 1 and dm.split_names("fit") == ["validation"]
@@ -312,7 +310,6 @@ def _common(version: int) -> list:
     ]
 
 
-@needs_data
 @pytest.mark.parametrize("version", [1, 2])
 def test_fit_and_predict(tmp_path, version, capsys):
     run = tmp_path / "run"
@@ -363,7 +360,6 @@ def test_fit_and_predict(tmp_path, version, capsys):
         assert list(json.loads(odds.read_text())) == expected
 
 
-@needs_data
 def test_checkpoint_identity_and_export(tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
@@ -396,7 +392,6 @@ def test_checkpoint_identity_and_export(tmp_path):
         )
 
 
-@needs_data
 def test_cli_bad_file_is_one_line(tmp_path, capsys):
     bad = _write(tmp_path / "bad.json", _squad(answer_start=0))
     rc = apm(

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import yaml
+from conftest import GLUE
 
 from apm_lightning.cli import main
 from apm_lightning.core.redact import redact_text as redact_url
@@ -20,11 +21,9 @@ from apm_lightning.runners import sweep
 from apm_lightning.runners.launch import describe_exit
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE = REPO.parent / "shared" / "data" / "glue"
 TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 QUIET = ["--wandb_mode", "disabled"]
-needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="../shared/data/glue is missing")
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +154,6 @@ def test_killed_trials_are_failed_and_the_study_goes_on(tmp_path, monkeypatch):
     assert (out / "trial-0001" / "apm.log").read_text().startswith("$ apm fit -c ")
 
 
-@needs_glue
 def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):
     from apm_lightning.modules.classification import ClassifierModule
 
@@ -207,7 +205,6 @@ def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):
     assert (out / "trial-0003" / "csv" / "metrics.csv").is_file()
 
 
-@needs_glue
 def test_two_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "apm_lightning", "sweep", "-c", TINY_SWEEP, "--n-trials", "4"]
@@ -225,7 +222,6 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "one worker ran every trial"
 
 
-@needs_glue
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_every_sweep_file_runs_one_tiny_trial(path, tmp_path):
     """Each sweep file runs a trial end to end, with the tiny model and a few rows."""
