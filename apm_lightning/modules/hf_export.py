@@ -54,13 +54,18 @@ def check_export_target(out: str | Path, overwrite: bool = False, source: str | 
     if not overwrite:
         raise APMError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     try:
-        listed = set(json.loads((out / MARKER).read_text(encoding="utf-8"))["files"])
+        listed = json.loads((out / MARKER).read_text(encoding="utf-8"))["files"]
+        # Exports record each file's SHA-256 (older ones only the names): a file edited since,
+        # such as the model card, is the user's now and is never replaced.
+        digests = listed if isinstance(listed, dict) else dict.fromkeys(listed)
     except (OSError, ValueError, KeyError, TypeError):
         raise APMError(
             f"--overwrite only replaces a folder written by apm export, and {out} has no {MARKER} "
             "marker; choose another folder"
         ) from None
-    other = [p for p in present if p != MARKER and p not in listed]
+    other = [
+        p for p in present if p != MARKER and (p not in digests or digests[p] not in (None, _sha256(out / p)))
+    ]
     if other:
         raise APMError(
             f"--overwrite only replaces a folder written by apm export, and {out} also holds "
@@ -97,7 +102,7 @@ def export_module(
         strip_remote_code(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
+        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if not p.is_dir()}
         (tmp / MARKER).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,3 +154,11 @@ def resolve_tokenizer(name: str) -> str:
     if path.is_file() and path.suffix == ".ckpt":
         return str(exported_checkpoint(path))
     return model_paths.resolve_tokenizer(name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
