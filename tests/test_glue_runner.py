@@ -159,11 +159,30 @@ def test_submission_for_every_task(tmp_path):
                 assert values <= VOCAB[name]
 
 
+def test_label_names_are_respelled_for_the_server(tmp_path):
+    """apm predict writes label names (negative/positive); the server wants 0/1 for SST-2."""
+    files = fake_predictions(tmp_path)
+    lines = files["SST-2.tsv"].read_text().splitlines()
+    names = {"0": "negative", "1": "positive"}
+    files["SST-2.tsv"].write_text(
+        "\n".join([lines[0], *(f"{i}\t{names[p]}" for i, p in (x.split("\t") for x in lines[1:]))]) + "\n"
+    )
+    report = submission.write_submission(files, tmp_path / "submission.zip")
+    assert report["complete"]
+    with zipfile.ZipFile(tmp_path / "submission.zip") as archive:
+        assert archive.read("SST-2.tsv").decode().splitlines() == lines  # back to 0/1, row for row
+        assert archive.read("RTE.tsv").decode() == files["RTE.tsv"].read_text()
+
+
 @pytest.mark.parametrize(
     "name,edit,problem",
     [
         ("CoLA.tsv", lambda ls: ["id\tlabel", *ls[1:]], "header"),
-        ("CoLA.tsv", lambda ls: [*ls[:5], "4\tacceptable", *ls[6:]], "is not one of 0, 1"),
+        (
+            "CoLA.tsv",
+            lambda ls: [*ls[:5], "4\tgood", *ls[6:]],
+            "is not one of unacceptable, acceptable, 0, 1",
+        ),
         ("RTE.tsv", lambda ls: [*ls[:5], "4\t1", *ls[6:]], "is not one of entailment, not_entailment"),
         ("STS-B.tsv", lambda ls: [*ls[:5], "4\tnan", *ls[6:]], "is not a number"),
         ("WNLI.tsv", lambda ls: ls[:-1], "145 rows, the official test file has 146"),

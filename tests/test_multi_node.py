@@ -127,12 +127,22 @@ def test_torchrun_two_nodes_killed_and_resumed_match_one_process(glue_dir, tmp_p
     weights_a, weights_b = weights(one / "checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt")
     for key in weights_a:
         assert torch.allclose(weights_a[key], weights_b[key], atol=1e-5), key
+    report_differences("torchrun 2 nodes, killed and resumed", a, b, weights_a, weights_b)
 
     # Only global rank zero (node 0) printed the results and logged to W&B (one run, resumed).
     node0, node1 = (p.read_text() for p in logs)
     assert node0.count("results: rte") == 1 and "results: rte" not in node1
     run_id = (run / "wandb_run_id").read_text().strip()
     assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {run_id}
+
+
+def report_differences(name: str, one: dict, two: dict, weights_one: dict, weights_two: dict) -> None:
+    """One line with the largest differences, for the record (``pytest -s`` shows it)."""
+    metrics = {k: v for k, v in {**one.get("metrics", {}), **one}.items() if isinstance(v, float)}
+    merged = {**two.get("metrics", {}), **two}
+    score = max(abs(merged[k] - v) for k, v in metrics.items())
+    weight = max((weights_one[k].float() - weights_two[k].float()).abs().max().item() for k in weights_one)
+    print(f"\n{name} vs 1 process: max |metric diff| {score:.2e}, max |weight diff| {weight:.2e}")
 
 
 def slurm_env(rank: int, ntasks: int, port: int, job_id: str = "4242", **extra: str) -> dict[str, str]:
@@ -194,6 +204,7 @@ def test_srun_two_tasks_pretraining_matches_one_process(tmp_path):
     weights_a, weights_b = weights(one / "checkpoints/last.ckpt"), weights(run / "checkpoints/last.ckpt")
     for key in weights_a:
         assert torch.allclose(weights_a[key], weights_b[key], atol=1e-5), key
+    report_differences("srun 2 tasks, MLM pretraining", scores_a, scores_b, weights_a, weights_b)
     # Global rank zero alone wrote the results and printed them.
     assert outputs[0].count(str((run / "results.json").resolve())) == 1
     assert str(run / "results.json") not in outputs[1] and "results:" not in outputs[1]

@@ -170,10 +170,11 @@ class ClassifierModule(APMModule):
         }
 
     def write_predictions(self, groups: list[list[dict]], out_dir: Path) -> list[Path]:
-        """``<task>_<split>.tsv`` (``index``, ``prediction``) per split, sorted by index, labels
-        spelled as the task's files spell them (0/1, or names such as entailment)."""
+        """``<task>_<split>.tsv`` (``index``, ``prediction``) per split, sorted by index, with the
+        task's label names (``negative``/``positive``: the exported config's ``id2label``); a
+        GLUE submission respells them as the server wants (runners/submission.py)."""
         task = self.glue_task
-        vocab = task.file_label_values or task.label_names
+        vocab = task.label_names
         written = []
         for outputs in groups:
             rows = sorted(

@@ -1,9 +1,12 @@
 """GLUE test-server submissions: one TSV per task under the name the server expects, checked
 (header, label vocabulary, row count, example ids), then zipped at the top level of the archive.
 
-``apm predict`` already writes the server's format (``index<TAB>prediction``, 0/1 for CoLA,
-SST-2, MRPC, QQP and WNLI, a float for STS-B, label names for MNLI, QNLI, RTE and AX), so a
-submission is a renamed copy of those files, refused when anything does not match.
+``apm predict`` writes ``index<TAB>prediction`` with the task's label names (``negative``/
+``positive``, ``entailment``, ...; a float for STS-B), as the exported config names them. The
+server wants 0/1 for CoLA, SST-2, MRPC, QQP and WNLI, so a submission file is the prediction
+file with each name spelled as the server spells it (names for MNLI, QNLI, RTE and AX), under the
+server's file name; refused when anything does not match. Files that already use the server's
+spelling are accepted as they are.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ def label_vocabulary(server_name: str) -> tuple[str, ...] | None:
     return spec.file_label_values or spec.label_names
 
 
+def server_spelling(server_name: str) -> dict[str, str]:
+    """Label name or server spelling -> the server's spelling (empty for STS-B)."""
+    spec = get_task(SERVER_FILES[server_name][0])
+    if spec.is_regression:
+        return {}
+    server = label_vocabulary(server_name)
+    return {**dict(zip(spec.label_names, server, strict=True)), **{v: v for v in server}}
+
+
 def check_file(path: str | Path, server_name: str, test_ids: Sequence[int] | None = None) -> list[str]:
     """Problems with one submission file (empty when it is fine).
 
@@ -63,7 +75,8 @@ def check_file(path: str | Path, server_name: str, test_ids: Sequence[int] | Non
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines or lines[0] != HEADER:
         return [f"{path}: the header must be {HEADER!r}, found {lines[0] if lines else ''!r}"]
-    vocab = label_vocabulary(server_name)
+    spelling = server_spelling(server_name)
+    vocab = list(dict.fromkeys(spelling)) if spelling else None
     problems: list[str] = []
     ids: list[int] = []
     for number, line in enumerate(lines[1:], start=2):
@@ -99,6 +112,15 @@ def check_file(path: str | Path, server_name: str, test_ids: Sequence[int] | Non
     return problems
 
 
+def server_text(path: Path, server_name: str) -> str:
+    """A checked prediction file's text with its labels spelled as the server spells them."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    spelling = server_spelling(server_name)
+    if spelling:
+        lines = [lines[0], *(f"{i}\t{spelling[p]}" for i, p in (line.split("\t") for line in lines[1:]))]
+    return "\n".join(lines) + "\n"
+
+
 def write_submission(
     files: Mapping[str, str | Path],
     out_zip: str | Path,
@@ -129,7 +151,8 @@ def write_submission(
     tmp = out_zip.with_name(f".{out_zip.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, path in good.items():
-            archive.write(path, arcname=name)  # top level: the server looks for the names there
+            # At the top level (the server looks for the names there), in the server's spelling.
+            archive.writestr(name, server_text(path, name))
     tmp.replace(out_zip)
     return {
         "zip": str(out_zip),
