@@ -37,6 +37,7 @@ def main() -> int:
     args = p.parse_args()
 
     import optuna
+    import sqlalchemy.exc
 
     from apm_lightning.runners.local_postgres import LocalPostgres
 
@@ -69,7 +70,9 @@ def main() -> int:
             time.sleep(0.5)
             try:
                 trials = optuna.load_study(study_name="bench", storage=pg.url).get_trials(deepcopy=False)
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                # No study yet, or this poll raced the workers creating Optuna's tables (they
+                # retry such conflicts themselves: runners/sweep_study.py).
                 continue
             for t in trials:
                 if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{victim.pid}"):
