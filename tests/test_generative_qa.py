@@ -52,13 +52,12 @@ def test_features_are_t5s_format_and_count_lost_answers(module):
     for ex, ids, target, lost in zip(
         examples, out["input_ids"], out["labels"], out["answer_lost"], strict=True
     ):
+        answer = tokenizer.decode(target[:-1])
         assert target[-1] == module.net.config.eos_token_id == tokenizer.sep_token_id  # MiniLM's [SEP]
-        assert tokenizer.decode(target[:-1]) == tokenizer.decode(tokenizer(ex.answers[0])["input_ids"][1:-1])
-        # Lost exactly when the (lower-cased) answer is not in the source the model reads.
-        source = tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")
-        assert bool(lost) == (
-            tokenizer.decode(target[:-1]).replace(" ", "") not in source.split("context:")[1]
-        )
+        assert answer == tokenizer.decode(tokenizer(ex.answers[0])["input_ids"][1:-1])
+        if not lost:  # an answer kept is in the context the model reads
+            read = tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "").split("context:")[1]
+            assert answer.replace(" ", "") in read
     assert 0 < sum(out["answer_lost"]) < 24
     # Long answers are cut to max_target_length tokens, the end token kept, and flagged.
     short = GenerativeQAEncoder(tokenizer, 102, 3, "unanswerable")
@@ -124,29 +123,28 @@ def test_fit_validate_and_predict(tmp_path, capsys):
     assert list(predictions) == expected and all(isinstance(v, str) for v in predictions.values())
 
 
-def _subset(tmp_path: Path, source: Path, article: int, count: int) -> Path:
-    """The first ``count`` questions of one article of a real file, as a SQuAD file of its own."""
+def _subset(tmp_path: Path, source: Path, article: int, first: int, count: int) -> Path:
+    """Questions ``first`` to ``first + count`` of an article's first paragraph in a real file,
+    as a SQuAD file of their own."""
     data = json.loads(source.read_text(encoding="utf-8"))
-    chosen, left = [], count
-    for paragraph in data["data"][article]["paragraphs"]:
-        if left:
-            chosen.append({**paragraph, "qas": paragraph["qas"][:left]})
-            left -= len(chosen[-1]["qas"])
-    out = tmp_path / f"{source.stem}-{article}-{count}.json"
-    out.write_text(json.dumps({"version": data["version"], "data": [{"title": "t", "paragraphs": chosen}]}))
+    paragraph = data["data"][article]["paragraphs"][0]
+    chosen = {**paragraph, "qas": paragraph["qas"][first : first + count]}
+    out = tmp_path / f"{source.stem}-{article}.json"
+    out.write_text(json.dumps({"version": data["version"], "data": [{"title": "t", "paragraphs": [chosen]}]}))
     return out
 
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_tiny_t5_learns_its_questions(tmp_path, version):
-    """Trained on 8 questions (v2.0: 5 answerable, 3 unanswerable of the Zelda article) until it
+    """Trained on 8 questions (v2.0: 4 answerable, 4 unanswerable of the Zelda article) until it
     knows them, it writes their answers and abstains where it should: the official scores of
     the same questions are far above chance (an untrained model scores 0)."""
-    path = _subset(tmp_path, V1, 0, 8) if version == 1 else _subset(tmp_path, V2, 4, 8)
+    path = _subset(tmp_path, V1, 0, 0, 8) if version == 1 else _subset(tmp_path, V2, 4, 3, 8)
     run = tmp_path / "run"
     rc = apm(
         *("fit", "-c", TINY, "--data.train_file", path, "--data.validation_file", path),
-        *("--data.max_seq_length", 128, "--data.batch_size", 8, "--model.learning_rate", 1e-2),
+        *("--data.max_seq_length", 128, "--data.doc_stride", 64, "--data.batch_size", 8),
+        *("--model.learning_rate", 1e-2),
         *("--model.backbone_config.dropout_rate", 0.0, "--trainer.max_epochs", 120),
         *(
             "--trainer.check_val_every_n_epoch",
@@ -162,7 +160,7 @@ def test_a_tiny_t5_learns_its_questions(tmp_path, version):
     print(metrics)
     assert metrics["exact"] >= 75.0 and metrics["f1"] >= 80.0
     if version == 2:
-        assert metrics["NoAns_exact"] >= 66.0 and metrics["HasAns_total"] == 5
+        assert metrics["NoAns_exact"] >= 75.0 and metrics["HasAns_exact"] >= 50.0
 
 
 @pytest.mark.skipif(not CORPUS.is_file(), reason="no corpus to pretrain on")
@@ -191,7 +189,8 @@ def test_span_corruption_export_fine_tunes_through_the_t5_recipe(tmp_path):
     rc = apm(
         *("fit", "-c", REPO / "experiments" / "squad" / "generative_t5.yaml", "--model.backbone", hf),
         *("--data.train_file", V2, "--data.split_by_article", 4, "--data.max_train_samples", 16),
-        *("--data.max_eval_samples", 16, "--data.max_seq_length", 128, "--data.batch_size", 8),
+        *("--data.max_eval_samples", 16, "--data.max_seq_length", 128, "--data.doc_stride", 64),
+        *("--data.batch_size", 8),
         *("--data.eval_batch_size", 16, "--trainer.max_epochs", 1, "--trainer.default_root_dir", run),
     )
     assert rc == 0
