@@ -46,8 +46,8 @@ def test_features_are_t5s_format_and_count_lost_answers(module):
     tokenizer = encoder.tokenizer
     out = encoder.squad_features(examples, 96, 32, 64, labels=True, offsets=True)
     assert out["example_index"] == list(range(24))
-    first = tokenizer.decode(out["input_ids"][0], skip_special_tokens=True)
-    assert first.startswith("question : which nfl team represented the afc at super bowl 50? context : ")
+    first = tokenizer.decode(out["input_ids"][0], skip_special_tokens=True).replace(" ", "")
+    assert first.startswith("question:whichnflteamrepresentedtheafcatsuperbowl50?context:")
     assert max(len(ids) for ids in out["input_ids"]) == 96
     for ex, ids, target, lost in zip(
         examples, out["input_ids"], out["labels"], out["answer_lost"], strict=True
@@ -172,7 +172,7 @@ def test_span_corruption_export_fine_tunes_through_the_t5_recipe(tmp_path):
         [
             *("pretrain", "-c", str(REPO / "experiments" / "pretrain" / "span_corruption_tiny.yaml")),
             *("--model.backbone_config.d_model=32", "--model.backbone_config.d_ff=64"),
-            *("--data.files", str(CORPUS), "--data.max_documents=200"),
+            *("--data.files", str(CORPUS), "--data.max_documents=400"),
             *("--data.block_size=32", "--data.batch_size=8", "--data.max_validation_blocks=8"),
             *(
                 "--trainer.max_steps=4",
