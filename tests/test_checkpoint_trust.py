@@ -156,6 +156,7 @@ def test_the_allow_list_is_apms_lightning_modules():
         "QuestionAnsweringModule",
         "PretrainingModule",
         "TextToTextClassifier",
+        "GenerativeQAModule",
     }
     assert all(issubclass(cls, pl.LightningModule) for cls in registry.values())
     # Checkpoints written before the modules moved (apm_lightning.tasks.*) still name them.

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -277,9 +278,13 @@ class SQuADDataModule(TextDataModule):
             # whole split as Python lists (offsets above all) took about 450 MB for 5,000
             # questions, and much of it stayed in the process after it was freed.
             parts = []
+            # A generative model's encoder writes its own features (source text and answer as
+            # the target: squad_generative.py); span extraction takes windows and positions.
+            features = getattr(self.encoder, "squad_features", None) or partial(
+                prepare_features, self.encoder.tokenizer
+            )
             for first in range(0, max(len(examples), 1), CHUNK_QUESTIONS):
-                columns = prepare_features(
-                    self.encoder.tokenizer,
+                columns = features(
                     examples[first : first + CHUNK_QUESTIONS],
                     self.max_seq_length,
                     self.doc_stride,

@@ -75,40 +75,19 @@ class TextToTextClassifier(ClassifierModule):
         return self.encoder
 
     def build_network(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM
-
+        from apm_lightning.models.seq2seq import build_seq2seq_lm
         from apm_lightning.modules.hf_export import resolve_backbone
 
         tokenizer = self.encoder.tokenizer if self.encoder is not None else self.load_tokenizer()
-        if self.hparams.backbone_config is not None:
-            settings = dict(self.hparams.backbone_config)
-            model_type = settings.pop("model_type", None)
-            if model_type is None:
-                raise APMError("backbone_config needs a model_type (e.g. t5, bart)")
-            settings.setdefault("vocab_size", len(tokenizer))
-            config = AutoConfig.for_model(model_type, **settings)
-            net = AutoModelForSeq2SeqLM.from_config(config)
-        else:
-            path = resolve_backbone(self.hparams.backbone)
-            config = AutoConfig.from_pretrained(path, trust_remote_code=self.hparams.trust_remote_code)
-            if not config.is_encoder_decoder:
-                raise APMError(
-                    f"{self.hparams.backbone} is a {config.model_type} model, not an encoder-decoder; "
-                    "text-to-text needs one (T5, BART), or use TransformerClassifier"
-                )
-            net = AutoModelForSeq2SeqLM.from_pretrained(
-                path, trust_remote_code=self.hparams.trust_remote_code
-            )
-            net.train()  # from_pretrained returns eval mode; Lightning keeps a submodule's mode
-        self.check_vocabulary(tokenizer, net.config)
-        net.config.pad_token_id = tokenizer.pad_token_id
-        if getattr(net.config, "decoder_start_token_id", None) is None:
-            net.config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        net.config.eos_token_id = eos
-        net.generation_config.decoder_start_token_id = net.config.decoder_start_token_id
-        net.generation_config.eos_token_id = eos
-        net.generation_config.pad_token_id = tokenizer.pad_token_id
+        backbone = self.hparams.backbone
+        net = build_seq2seq_lm(
+            resolve_backbone(backbone) if self.hparams.backbone_config is None and backbone else None,
+            self.hparams.backbone_config,
+            tokenizer,
+            self.hparams.trust_remote_code,
+            name=backbone,
+            instead="; text-to-text needs one (T5, BART), or use TransformerClassifier",
+        )
         self._words = self.label_words()
         self.register_buffer("targets", self._target_ids(tokenizer), persistent=False)
         return net

@@ -23,6 +23,7 @@ PIPELINE_TAGS = {
     "QuestionAnsweringModule": "question-answering",
     "PretrainingModule": "fill-mask",
     "TextToTextClassifier": "text2text-generation",
+    "GenerativeQAModule": "text2text-generation",
 }
 
 

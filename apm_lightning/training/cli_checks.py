@@ -71,6 +71,9 @@ class CheckpointChecks:
         if check is not None:
             check(stage)
         check_sequence_length(self.model, self.datamodule)
+        model_check = getattr(self.model, "check_data", None)
+        if model_check is not None:  # a model that takes one kind of data says so now
+            model_check(self.datamodule)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
         if ckpt == "last":  # the newest last*.ckpt, or a newer save of SLURM's requeue signal
