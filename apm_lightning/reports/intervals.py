@@ -101,6 +101,4 @@ def separation_line(name_a: str, a: Interval | None, name_b: str, b: Interval | 
 def separation_lines(cells: dict[str, Interval | None]) -> list[str]:
     """A line per pair of names, in the dict's order."""
     names = list(cells)
-    return [
-        separation_line(a, cells[a], b, cells[b]) for i, a in enumerate(names) for b in names[i + 1 :]
-    ]
+    return [separation_line(a, cells[a], b, cells[b]) for i, a in enumerate(names) for b in names[i + 1 :]]

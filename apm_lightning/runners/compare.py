@@ -150,7 +150,10 @@ class CompareRunner:
         for objective in self.objectives:
             head, overrides = self.model_args(objective, tokenizer)
             args = [*head, *overrides]
-            if known.get(objective, {}).get("args") == args and known[objective]["block_size"] == self.block_size:
+            if (
+                known.get(objective, {}).get("args") == args
+                and known[objective]["block_size"] == self.block_size
+            ):
                 continue
             started = time.perf_counter()
             documents = TextSource(files=self.files, **self.text_options).documents()
@@ -274,7 +277,9 @@ class CompareRunner:
                 pretrained = self.pretrain(objective, budget, steps, tokenizer)
                 glue = self.finetune(objective, budget, pretrained["hf_export"])
                 finetuned = self.folder("finetune", objective, budget)
-                rows.append(study_row(self, objective, budget, measured[objective], pretrained, glue, finetuned))
+                rows.append(
+                    study_row(self, objective, budget, measured[objective], pretrained, glue, finetuned)
+                )
         return write_report(self, rows, measured)
 
 

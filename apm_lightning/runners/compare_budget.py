@@ -95,7 +95,9 @@ def composed_model(args: list[str]) -> dict[str, Any]:
             run_lightning_cli(["fit", *args, "--print_config"])
         except SystemExit as stop:
             if stop.code not in (0, None):
-                raise APMError(f"the pretraining config does not compose: apm pretrain fit {' '.join(args)}")
+                raise APMError(
+                    f"the pretraining options do not compose (the error above): apm fit {' '.join(args)}"
+                ) from None
     return yaml.safe_load(printed.getvalue())["model"]
 
 

@@ -17,7 +17,13 @@ from apm_lightning.reports.intervals import interval, separation_lines
 from apm_lightning.reports.tables import markdown_table, write_csv
 from apm_lightning.runners.compare_budget import Budget
 
-PRETRAIN_METRICS = ("masked_accuracy", "perplexity", "replaced_accuracy", "next_token_accuracy", "target_accuracy")
+PRETRAIN_METRICS = (
+    "masked_accuracy",
+    "perplexity",
+    "replaced_accuracy",
+    "next_token_accuracy",
+    "target_accuracy",
+)
 # The published orders the study's is set beside (results.md).
 ANCHORS = (
     "ELECTRA paper (Clark et al. 2020, table 1): ELECTRA-Small 79.9 > BERT-Small 75.1 GLUE dev score, "
@@ -88,7 +94,9 @@ def study_row(
         row[f"{task}_std"] = round(cell.sd, 2) if cell and cell.sd is not None else None
         row[f"{task}_ci_low"] = round(cell.low, 2) if cell and cell.low is not None else None
         row[f"{task}_ci_high"] = round(cell.high, 2) if cell and cell.high is not None else None
-        row[f"{task}_seeds"] = " ".join(f"{s:.1f}" for s in seeds) or glue["tasks"].get(task, {}).get("note", "")
+        row[f"{task}_seeds"] = " ".join(f"{s:.1f}" for s in seeds) or glue["tasks"].get(task, {}).get(
+            "note", ""
+        )
         row[f"_{task}_scores"] = seeds  # unrounded, for the intervals of results.md
         if cell:
             means.append(cell.mean)
@@ -154,7 +162,9 @@ def score_curves(runner: Any, rows: list[dict[str, Any]], tasks: list[str]) -> l
         for row in rows:
             cell = interval(row[f"_{task}_scores"])
             if cell is not None:
-                curves.setdefault(row["objective"], []).append((row["train_flops"], cell.mean, cell.low, cell.high))
+                curves.setdefault(row["objective"], []).append(
+                    (row["train_flops"], cell.mean, cell.low, cell.high)
+                )
         title = f"{task}: dev score against pretraining compute"
         plot = score_vs_compute(curves, runner.out / f"score_vs_flops_{task}.png", title)
         if plot is not None:
@@ -173,7 +183,14 @@ def write_report(
     columns += ["pretrain_s", "tokens_per_s", "val_loss"]
     columns += [c for c in PRETRAIN_METRICS if any(c in r for r in rows)]
     for task in tasks:
-        columns += [f"{task}_mean", f"{task}_std", f"{task}_ci_low", f"{task}_ci_high", f"{task}_n", f"{task}_seeds"]
+        columns += [
+            f"{task}_mean",
+            f"{task}_std",
+            f"{task}_ci_low",
+            f"{task}_ci_high",
+            f"{task}_n",
+            f"{task}_seeds",
+        ]
     columns.append("average")
     write_csv(runner.out / "results.csv", rows, [*columns, "run_dir"])
     largest = [r for r in rows if r["budget"] == rows[-1]["budget"]]
