@@ -99,7 +99,9 @@ class CompareRunner:
         if not self.files and "dataset" not in self.text_options:
             raise APMError("the study's corpus needs files (globs) or a dataset")
         self.budgets = study_budgets(study)
-        self.tokens_per_step = self.block_size * self.batch_size
+        # corpus.batch_size is per process: a run on N GPUs (DDP) trains on N batches a step.
+        self.processes = int(study.get("processes", 1))
+        self.tokens_per_step = self.block_size * self.batch_size * self.processes
         self.evaluations = int(study.get("evaluations", 8))
         self.objectives = [o for o in registered_objectives() if o in study["objectives"]]
 
@@ -213,6 +215,7 @@ class CompareRunner:
             name,
             "--checkpoint_every_n_steps",
             str(interval),
+            *(["--trainer.devices", str(self.processes)] if "processes" in self.study else []),
             *overrides,
         ]
         if (run_dir / "checkpoints" / "last.ckpt").is_file():

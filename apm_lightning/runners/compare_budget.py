@@ -115,7 +115,7 @@ def corpus_blocks(documents: Iterable[str], tokenizer: Any, rows: int, length: i
     ids: list[int] = []
     for text in documents:
         if text.strip():
-            ids.extend(tokenizer(text)["input_ids"])
+            ids.extend(tokenizer(text, verbose=False)["input_ids"])
         if len(ids) >= rows * length:
             break
     if not ids:

@@ -221,7 +221,9 @@ def write_report(
         "",
         f"Same corpus ({', '.join(corpus)}), tokenizer ({study['tokenizer'].get('kind', 'wordpiece')}, "
         f"{study['tokenizer'].get('vocab_size', 8000)} tokens) and batches of {runner.batch_size} x "
-        f"{runner.block_size} tokens. Budgets: equal {'training FLOPs' if kind == 'flops' else 'tokens'} "
+        f"{runner.block_size} tokens"
+        + (f" on each of {runner.processes} processes" if runner.processes > 1 else "")
+        + f". Budgets: equal {'training FLOPs' if kind == 'flops' else 'tokens'} "
         f"per objective ({', '.join(f'{b.value:.3g}' for b in runner.budgets)}); training FLOPs are "
         "forward + backward matrix products per token, measured on each objective's model (below). "
         f"Fine-tuning: {', '.join(tasks)}, {study['finetune'].get('seeds', 3)} seeds; dev scores x100: "
