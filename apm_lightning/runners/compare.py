@@ -265,11 +265,14 @@ class CompareRunner:
         return glue_main(args)
 
     # ----------------------------------------------------------------------- the study
-    def run(self) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def check_corpus(self) -> None:
         missing = [p for p in self.files if not _glob_matches(p)]
         if missing:
             raise APMError(f"corpus files not found: {', '.join(missing)} (data root: {self.data_root})")
+
+    def run(self) -> dict[str, Any]:
+        self.check_corpus()
+        self.out.mkdir(parents=True, exist_ok=True)
         tokenizer = self.tokenizer()
         measured = self.measure(tokenizer)
         rows = []
@@ -284,6 +287,28 @@ class CompareRunner:
                     study_row(self, objective, budget, measured[objective], pretrained, glue, finetuned)
                 )
         return write_report(self, rows, measured)
+
+    def plan(self) -> dict[str, Any]:
+        """The tokenizer and the FLOPs measurement only, then each run's steps, tokens and
+        training FLOPs (printed): what a study will train, before it trains."""
+        self.check_corpus()
+        self.out.mkdir(parents=True, exist_ok=True)
+        measured = self.measure(self.tokenizer())
+        runs = []
+        for budget in self.budgets:
+            for objective in self.objectives:
+                steps = self.steps(objective, budget, measured)
+                tokens = steps * self.tokens_per_step
+                flops = tokens * measured[objective]["train_flops_per_token"]
+                runs.append(
+                    {"objective": objective, "budget": budget.value, "steps": steps, "tokens": tokens}
+                )
+                print(
+                    f"apm compare: plan: {objective} at {budget.kind} {budget.value:.3g}: {steps} steps, "
+                    f"{tokens:,} tokens, {flops:.3g} training FLOPs",
+                    flush=True,
+                )
+        return {"runs": runs, "flops": measured}
 
 
 def _glob_matches(pattern: str) -> bool:
@@ -311,7 +336,14 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--wandb_mode", default="auto", choices=("auto", "online", "offline", "disabled"))
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="train the tokenizer and measure each objective's FLOPs per token, print every run's steps "
+        "and tokens, and stop before pretraining",
+    )
     args = p.parse_args(argv)
     study = load_study(resolve_config(args.config))
     root = Path(args.data_root) if args.data_root else default_data_root()
-    return CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher).run()
+    runner = CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher)
+    return runner.plan() if args.plan else runner.run()
