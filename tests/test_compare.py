@@ -233,7 +233,7 @@ FIVE = {
 FIVE.pop("budget_tokens")
 
 
-def test_compare_five_objectives_at_three_flops_budgets(tmp_path, monkeypatch):
+def test_compare_five_objectives_at_three_flops_budgets(tmp_path, monkeypatch, capsys):
     """MLM, CLM, ELECTRA, prefix LM and span corruption (a T5) at three equal-FLOPs budgets: the
     FLOPs per token measured on each model, each budget's steps from them, a run per (objective,
     budget), and the table, the curves and the separation lines at the largest budget."""
@@ -252,6 +252,10 @@ def test_compare_five_objectives_at_three_flops_budgets(tmp_path, monkeypatch):
         "--launcher",
         "inprocess",
     ]
+    # --plan: the tokenizer and the measurement, then what each run will train; nothing trains.
+    assert main([*args, "--plan"]) == 0
+    planned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("apm compare: plan:")]
+    assert len(planned) == 15 and not (out / "pretrain").exists()
     assert main(args) == 0
     flops = json.loads((out / "flops.json").read_text())
     per_token = {o: flops[o]["train_flops_per_token"] for o in FIVE["objectives"]}
