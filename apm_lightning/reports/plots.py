@@ -175,3 +175,28 @@ def downstream_by_objective(scores: dict[str, dict[str, list[float]]], out_png: 
     )
     ax.legend(fontsize=8)
     return _save(fig, out_png)
+
+
+def score_vs_compute(
+    curves: dict[str, list[tuple[float, float, float | None, float | None]]],
+    out_png: str | Path,
+    title: str = "",
+) -> Path | None:
+    """A study's score against training FLOPs, one line per objective: points
+    ``(flops, mean, low, high)`` (the 95% interval as an error bar when there is one)."""
+    curves = {name: sorted(points) for name, points in curves.items() if points}
+    if not curves:
+        return None
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for j, (name, points) in enumerate(curves.items()):
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        below = [p[1] - p[2] if p[2] is not None else 0.0 for p in points]
+        above = [p[3] - p[1] if p[3] is not None else 0.0 for p in points]
+        ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, color=f"C{j}", label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="training FLOPs (forward + backward)", ylabel="dev score x100 (mean, 95% CI)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)

@@ -1,15 +1,22 @@
-"""``apm compare``: autoencoding against autoregressive (and ELECTRA) pretraining, same budget.
+"""``apm compare``: pretraining objectives (MLM, CLM, prefix LM, ELECTRA, span corruption...)
+compared at equal training compute or equal tokens, at several budgets.
 
     apm compare -c experiments/compare_objectives/cpu.yaml --out runs/compare
 
 One study, from a YAML (see ``experiments/compare_objectives/``):
 1. train one tokenizer on the corpus (``OUT/tokenizer``);
-2. pretrain each objective's model (same size, same corpus, same number of tokens) with
-   ``apm pretrain`` in ``OUT/pretrain/<objective>``; each exports a Hugging Face folder;
-3. fine-tune every exported model on the GLUE tasks with several seeds (``apm glue`` in
-   ``OUT/finetune/<objective>``);
-4. write ``OUT/results.md``, ``OUT/results.csv``, the plots ``OUT/val_loss_vs_tokens.png`` and
-   ``OUT/downstream.png``, and a W&B table when W&B is on.
+2. measure each objective's training FLOPs per token on its own model (``OUT/flops.json``,
+   ``compare_budget.py``) and turn each budget (``budgets`` with ``budget_kind: flops`` or
+   ``tokens``; a single ``budget_tokens`` still works) into that objective's number of steps;
+3. pretrain each (objective, budget) with ``apm pretrain`` in ``OUT/pretrain/<objective>/<budget>``;
+   each exports a Hugging Face folder;
+4. fine-tune every exported model on the GLUE tasks with several seeds (``apm glue`` in
+   ``OUT/finetune/<objective>/<budget>``);
+5. write ``OUT/results.md`` and ``OUT/results.csv`` (mean, sd, 95% confidence interval and seeds
+   per objective, budget and task; whether each pair of objectives is separated at the largest
+   budget), the curves ``OUT/score_vs_flops_<task>.png``, the plots ``OUT/val_loss_vs_tokens.png``
+   and ``OUT/downstream.png`` (largest budget), and a W&B table when W&B is on
+   (``compare_report.py``).
 
 Every step is an ordinary run with its own ``results.json``; running the command again skips
 what is done and resumes what was interrupted.
@@ -20,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +34,10 @@ from typing import Any
 import yaml
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_json_atomic
 from apm_lightning.core.recipes import resolve_config
-from apm_lightning.reports.tables import markdown_table, write_csv
+from apm_lightning.runners.compare_budget import Budget, measure_objective, steps_for, study_budgets
+from apm_lightning.runners.compare_report import study_row, write_report
 from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
 
 TEXT_OPTIONS = ("dataset", "dataset_split", "text_field", "document_split", "max_documents")
@@ -59,11 +67,12 @@ def load_study(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise APMError(f"study config not found: {path}")
     study = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for key in ("tokenizer", "corpus", "objectives", "budget_tokens", "finetune"):
+    for key in ("tokenizer", "corpus", "objectives", "finetune"):
         if key not in study:
             raise APMError(
                 f"{path}: the study needs a '{key}' section (see experiments/compare_objectives/cpu.yaml)"
             )
+    study_budgets(study, str(path))  # refused now, before anything runs
     names = registered_objectives()
     unknown = set(study["objectives"]) - set(names)
     if unknown:
@@ -89,8 +98,12 @@ class CompareRunner:
         self.text_options = {k: corpus[k] for k in TEXT_OPTIONS if corpus.get(k) is not None}
         if not self.files and "dataset" not in self.text_options:
             raise APMError("the study's corpus needs files (globs) or a dataset")
-        self.steps = max(1, int(study["budget_tokens"]) // (self.block_size * self.batch_size))
+        self.budgets = study_budgets(study)
+        # corpus.batch_size is per process: a run on N GPUs (DDP) trains on N batches a step.
+        self.processes = int(study.get("processes", 1))
+        self.tokens_per_step = self.block_size * self.batch_size * self.processes
         self.evaluations = int(study.get("evaluations", 8))
+        self.objectives = [o for o in registered_objectives() if o in study["objectives"]]
 
     # ----------------------------------------------------------------------- steps
     def tokenizer(self) -> Path:
@@ -114,24 +127,71 @@ class CompareRunner:
         print(f"apm compare: tokenizer: {time.perf_counter() - started:.0f} s ({folder})", flush=True)
         return folder
 
-    def pretrain(self, objective: str, tokenizer: Path) -> dict[str, Any]:
-        run_dir = self.out / "pretrain" / objective
-        done = run_dir / "results.json"
-        if done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
+    def model_args(self, objective: str, tokenizer: Path) -> tuple[list[str], list[str]]:
+        """The objective's configs with the study's tokenizer, and the overrides that follow
+        every other option (the study's, then the objective's own)."""
         spec = self.study["objectives"][objective] or {}
-        args = ["fit"]
+        configs = []
         for config in spec.get("configs", []):
             # A file (relative to the working directory) or a shipped recipe: experiments/x.yaml
             # names apm_lightning/configs/x.yaml from any folder.
             path = resolve_config(config)
             if not Path(path).is_file():
                 raise APMError(f"objective {objective}: config {config} not found ('apm configs list')")
-            args += ["-c", str(Path(path).resolve())]
-        interval = max(1, self.steps // max(1, self.evaluations))
-        args += [
-            "--model.tokenizer",
-            str(tokenizer),
+            configs += ["-c", str(Path(path).resolve())]
+        overrides = [str(a) for a in [*self.study.get("pretrain_overrides", []), *spec.get("overrides", [])]]
+        return [*configs, "--model.tokenizer", str(tokenizer)], overrides
+
+    def measure(self, tokenizer: Path) -> dict[str, dict[str, Any]]:
+        """Each objective's training FLOPs per token (``compare_budget.py``), kept in
+        ``OUT/flops.json`` and measured again when the objective's options change."""
+        from apm_lightning.data.text_sources import TextSource
+
+        path = self.out / "flops.json"
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        for objective in self.objectives:
+            head, overrides = self.model_args(objective, tokenizer)
+            args = [*head, *overrides]
+            if (
+                known.get(objective, {}).get("args") == args
+                and known[objective]["block_size"] == self.block_size
+            ):
+                continue
+            started = time.perf_counter()
+            documents = TextSource(files=self.files, **self.text_options).documents()
+            known[objective] = {**measure_objective(args, documents, self.block_size), "args": args}
+            write_json_atomic(path, known)
+            print(
+                f"apm compare: {objective}: {known[objective]['train_flops_per_token']:.4g} training "
+                f"FLOPs per token ({time.perf_counter() - started:.0f} s to measure)",
+                flush=True,
+            )
+        return {o: known[o] for o in self.objectives}
+
+    def folder(self, stage: str, objective: str, budget: Budget) -> Path:
+        """OUT/<stage>/<objective>/<budget>; OUT/<stage>/<objective> for a budget_tokens study."""
+        base = self.out / stage / objective
+        return base / budget.label if budget.label else base
+
+    def steps(self, objective: str, budget: Budget, measured: dict[str, dict[str, Any]]) -> int:
+        return steps_for(budget, measured[objective]["train_flops_per_token"], self.tokens_per_step)
+
+    def pretrain(self, objective: str, budget: Budget, steps: int, tokenizer: Path) -> dict[str, Any]:
+        # Every (objective, budget) is its own run from scratch. A smaller budget could reuse a
+        # larger run's checkpoint only if the two were the same run up to that step, and they
+        # are not: the learning rate warms up over a share of the run and decays linearly to
+        # zero at its last step, so at step k a 3x longer run has a different learning rate
+        # (and different weights) than the shorter run ending at k.
+        run_dir = self.folder("pretrain", objective, budget)
+        done = run_dir / "results.json"
+        if done.is_file():
+            return json.loads(done.read_text(encoding="utf-8"))
+        head, overrides = self.model_args(objective, tokenizer)
+        interval = max(1, steps // max(1, self.evaluations))
+        name = f"compare-pretrain-{objective}" + (f"-{budget.label}" if budget.label else "")
+        args = [
+            "fit",
+            *head,
             "--data.files",
             json.dumps(self.files),
             *[a for key, value in self.text_options.items() for a in (f"--data.{key}", str(value))],
@@ -140,7 +200,7 @@ class CompareRunner:
             "--data.batch_size",
             str(self.batch_size),
             "--trainer.max_steps",
-            str(self.steps),
+            str(steps),
             "--trainer.max_epochs",
             "-1",
             "--trainer.val_check_interval",
@@ -152,28 +212,30 @@ class CompareRunner:
             "--wandb_mode",
             self.wandb_mode,
             "--run_name",
-            f"compare-pretrain-{objective}",
+            name,
             "--checkpoint_every_n_steps",
             str(interval),
-            *[str(a) for a in self.study.get("pretrain_overrides", [])],
-            *[str(a) for a in spec.get("overrides", [])],
+            *(["--trainer.devices", str(self.processes)] if "processes" in self.study else []),
+            *overrides,
         ]
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", "last"]
-        print(f"apm compare: pretraining {objective}: {self.steps} steps ({run_dir})", flush=True)
+        print(f"apm compare: pretraining {objective}: {steps} steps ({run_dir})", flush=True)
         started = time.perf_counter()
+        log = self.out / "logs" / f"{name.removeprefix('compare-')}.log"
         try:
-            run_apm(args, self.out / "logs" / f"pretrain-{objective}.log", self.launcher)
+            run_apm(args, log, self.launcher)
         except RunFailed as err:
             raise APMError(f"pretraining {objective} failed: {err}") from None
         print(f"apm compare: pretraining {objective}: {time.perf_counter() - started:.0f} s", flush=True)
         return json.loads(done.read_text(encoding="utf-8"))
 
-    def finetune(self, objective: str, hf_folder: str) -> dict[str, Any]:
+    def finetune(self, objective: str, budget: Budget, hf_folder: str) -> dict[str, Any]:
         from apm_lightning.runners.glue import glue_main
 
         spec = self.study["finetune"]
-        done = self.out / "finetune" / objective / "glue_score.json"
+        out = self.folder("finetune", objective, budget)
+        done = out / "glue_score.json"
         if done.is_file():  # written last by apm glue: every run of this objective is done
             return json.loads(done.read_text(encoding="utf-8"))
         data_dir = spec.get("data_dir") or str(self.data_root / "glue")
@@ -187,7 +249,7 @@ class CompareRunner:
             "--data-dir",
             data_dir,
             "--out",
-            str(self.out / "finetune" / objective),
+            str(out),
             "--no-submission",
             "--launcher",
             self.launcher,
@@ -199,145 +261,60 @@ class CompareRunner:
         if spec.get("epochs"):
             args += ["--epochs", str(spec["epochs"])]
         args += [str(a) for a in spec.get("overrides", [])]
-        print(f"apm compare: fine-tuning {objective} on {', '.join(spec['tasks'])}", flush=True)
+        print(f"apm compare: fine-tuning {objective} on {', '.join(spec['tasks'])} ({out})", flush=True)
         return glue_main(args)
 
     # ----------------------------------------------------------------------- the study
-    def run(self) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def check_corpus(self) -> None:
         missing = [p for p in self.files if not _glob_matches(p)]
         if missing:
             raise APMError(f"corpus files not found: {', '.join(missing)} (data root: {self.data_root})")
+
+    def run(self) -> dict[str, Any]:
+        self.check_corpus()
+        self.out.mkdir(parents=True, exist_ok=True)
         tokenizer = self.tokenizer()
+        measured = self.measure(tokenizer)
         rows = []
-        for objective in [o for o in registered_objectives() if o in self.study["objectives"]]:
-            pretrained = self.pretrain(objective, tokenizer)
-            glue = self.finetune(objective, pretrained["hf_export"])
-            rows.append(self.row(objective, pretrained, glue))
-        return self.write(rows)
+        # Smallest budget first: every objective's first point exists before any long run starts.
+        for budget in self.budgets:
+            for objective in self.objectives:
+                steps = self.steps(objective, budget, measured)
+                pretrained = self.pretrain(objective, budget, steps, tokenizer)
+                glue = self.finetune(objective, budget, pretrained["hf_export"])
+                finetuned = self.folder("finetune", objective, budget)
+                rows.append(
+                    study_row(self, objective, budget, measured[objective], pretrained, glue, finetuned)
+                )
+        return write_report(self, rows, measured)
 
-    def row(self, objective: str, pretrained: dict[str, Any], glue: dict[str, Any]) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "objective": objective,
-            "parameters": _parameter_count(Path(pretrained["hf_export"])),
-            "tokens_seen": pretrained["tokens_seen"],
-            "pretrain_s": round(pretrained["train_wall_seconds"], 1),
-            "tokens_per_s": round(pretrained["tokens_per_second"], 1),
-            "val_loss": pretrained["val_loss"],
-        }
-        for key in ("masked_accuracy", "perplexity", "replaced_accuracy"):
-            if key in pretrained["metrics"]:
-                row[key] = pretrained["metrics"][key]
-        means = []
-        for task in self.study["finetune"]["tasks"]:
-            info = glue["tasks"].get(task, {})
-            seeds = _seed_scores(self.out / "finetune" / objective / "runs" / task)
-            row[f"{task}_mean"] = round(100 * statistics.mean(seeds), 2) if seeds else None
-            row[f"{task}_std"] = round(100 * statistics.stdev(seeds), 2) if len(seeds) > 1 else None
-            row[f"{task}_seeds"] = " ".join(f"{100 * s:.1f}" for s in seeds) or info.get("note", "")
-            if seeds:
-                means.append(row[f"{task}_mean"])
-        row["average"] = round(statistics.mean(means), 2) if means else None
-        row["run_dir"] = str(self.out / "pretrain" / objective)
-        return row
-
-    def write(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from apm_lightning.reports.plots import downstream_by_objective, validation_loss_vs_tokens
-
-        tasks = self.study["finetune"]["tasks"]
-        columns = ["objective", "parameters", "tokens_seen", "pretrain_s", "tokens_per_s", "val_loss"]
-        columns += [
-            c for c in ("masked_accuracy", "perplexity", "replaced_accuracy") if any(c in r for r in rows)
-        ]
-        for task in tasks:
-            columns += [f"{task}_mean", f"{task}_std", f"{task}_seeds"]
-        columns.append("average")
-        write_csv(self.out / "results.csv", rows, [*columns, "run_dir"])
-        curves = validation_loss_vs_tokens(
-            [(r["objective"], Path(r["run_dir"]) / "csv" / "metrics.csv") for r in rows],
-            self.out / "val_loss_vs_tokens.png",
-        )
-        bars = downstream_by_objective(
-            {
-                r["objective"]: _seed_scores_by_task(self.out / "finetune" / r["objective"], tasks)
-                for r in rows
-            },
-            self.out / "downstream.png",
-        )
-        seeds = self.study["finetune"].get("seeds", 3)
-        text = [
-            f"# Pretraining objectives compared: {self.study.get('name', 'study')}",
-            "",
-            f"Same corpus ({', '.join(self.study['corpus'].get('files') or [self.text_options.get('dataset', '')])}), tokenizer ({self.study['tokenizer'].get('kind', 'wordpiece')}, "
-            f"{self.study['tokenizer'].get('vocab_size', 8000)} tokens) and budget: {self.steps} steps of "
-            f"{self.batch_size} x {self.block_size} tokens each. Fine-tuning: {', '.join(tasks)}, "
-            f"{seeds} seeds; dev scores x100 (mean, sd over seeds, each seed). `val_loss` is each "
-            "objective's own validation loss (not comparable across objectives; ELECTRA's adds "
-            "50 x the discriminator's).",
-            "",
-            markdown_table(rows, columns),
-            *(f"![{p.stem}]({p.name})" for p in (curves, bars) if p is not None),
-        ]
-        (self.out / "results.md").write_text("\n".join(text) + "\n", encoding="utf-8")
-        self.log_wandb(rows, columns, [p for p in (curves, bars) if p is not None])
-        print("\n".join(text), flush=True)
-        for name in ("results.md", "results.csv", "val_loss_vs_tokens.png", "downstream.png"):
-            if (self.out / name).is_file():
-                print((self.out / name).resolve(), flush=True)
-        return {"rows": rows, "columns": columns}
-
-    def log_wandb(self, rows: list[dict[str, Any]], columns: list[str], plots: list[Path]) -> None:
-        from apm_lightning.training.loggers import resolve_wandb_mode
-
-        mode = resolve_wandb_mode(self.wandb_mode)
-        if mode == "disabled":
-            return
-        import wandb
-
-        run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "apm-lightning"),
-            name=f"compare-{self.study.get('name', 'study')}",
-            job_type="compare",
-            dir=str(self.out),
-            mode=mode,
-            reinit="finish_previous",
-        )
-        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-        run.log({"results": table, **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
-        run.finish()
+    def plan(self) -> dict[str, Any]:
+        """The tokenizer and the FLOPs measurement only, then each run's steps, tokens and
+        training FLOPs (printed): what a study will train, before it trains."""
+        self.check_corpus()
+        self.out.mkdir(parents=True, exist_ok=True)
+        measured = self.measure(self.tokenizer())
+        runs = []
+        for budget in self.budgets:
+            for objective in self.objectives:
+                steps = self.steps(objective, budget, measured)
+                tokens = steps * self.tokens_per_step
+                flops = tokens * measured[objective]["train_flops_per_token"]
+                runs.append(
+                    {"objective": objective, "budget": budget.value, "steps": steps, "tokens": tokens}
+                )
+                print(
+                    f"apm compare: plan: {objective} at {budget.kind} {budget.value:.3g}: {steps} steps, "
+                    f"{tokens:,} tokens, {flops:.3g} training FLOPs",
+                    flush=True,
+                )
+        return {"runs": runs, "flops": measured}
 
 
 def _glob_matches(pattern: str) -> bool:
     import glob
 
     return bool(glob.glob(os.path.expanduser(pattern), recursive=True))
-
-
-def _seed_scores(task_dir: Path) -> list[float]:
-    scores = []
-    for results in sorted(task_dir.glob("seed*/results.json")):
-        main = json.loads(results.read_text(encoding="utf-8"))["metrics"].get("main")
-        if main is not None:
-            scores.append(main)
-    return scores
-
-
-def _seed_scores_by_task(finetune_dir: Path, tasks: list[str]) -> dict[str, list[float]]:
-    return {task: _seed_scores(finetune_dir / "runs" / task) for task in tasks}
-
-
-def _parameter_count(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            shape = f.get_slice(key).get_shape()
-            count = 1
-            for size in shape:
-                count *= size
-            total += count
-    return total
 
 
 def compare_main(argv: list[str]) -> dict[str, Any]:
@@ -359,7 +336,14 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--wandb_mode", default="auto", choices=("auto", "online", "offline", "disabled"))
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="train the tokenizer and measure each objective's FLOPs per token, print every run's steps "
+        "and tokens, and stop before pretraining",
+    )
     args = p.parse_args(argv)
     study = load_study(resolve_config(args.config))
     root = Path(args.data_root) if args.data_root else default_data_root()
-    return CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher).run()
+    runner = CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher)
+    return runner.plan() if args.plan else runner.run()
