@@ -233,6 +233,7 @@ FIVE = {
 FIVE.pop("budget_tokens")
 
 
+@pytest.mark.slow  # 15 pretraining runs and 30 fine-tunes: about 160 s on 2 quiet cores
 def test_compare_five_objectives_at_three_flops_budgets(tmp_path, monkeypatch, capsys):
     """MLM, CLM, ELECTRA, prefix LM and span corruption (a T5) at three equal-FLOPs budgets: the
     FLOPs per token measured on each model, each budget's steps from them, a run per (objective,
