@@ -155,5 +155,5 @@ def test_the_floors_install_and_pass_a_cross_section_of_the_suite(tmp_path):
     assert " passed" in proc.stdout.splitlines()[-1], tail
 
 
-if __name__ == "__main__":  # print the pins (for the GitHub workflow's floor job)
-    print("\n".join(f"{name}=={version}" for name, version in floor_pins().items()))
+if __name__ == "__main__":  # the pins as a pip constraints file (the GitHub workflow's floors job)
+    print("\n".join(f"{name.split('[')[0]}=={version}" for name, version in floor_pins().items()))

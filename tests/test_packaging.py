@@ -94,6 +94,8 @@ def test_sweep_and_compare_files_name_shipped_recipes_from_any_folder(tmp_path, 
         "mlm",
         "clm",
         "electra",
+        "prefix_lm",
+        "span_corruption",
     }
 
 

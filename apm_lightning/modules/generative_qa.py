@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
-from apm_lightning.data.squad import SQuADDataModule
+from apm_lightning.data.squad import SQuADDataModule, trainer_questions
 from apm_lightning.data.squad_generative import GenerativeQAEncoder, answer_in_context
 from apm_lightning.metrics.squad import normalize_answer, squad_v1_scores, squad_v2_scores
 from apm_lightning.modules.base import APMModule
@@ -186,10 +186,7 @@ class GenerativeQAModule(APMModule):
         self._answers.extend(self.generate(batch))
 
     def _questions(self, split: str) -> Sequence:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "examples"):
-            raise APMError("question answering needs a SQuADDataModule (it holds the contexts)")
-        return datamodule.examples(split)
+        return trainer_questions(self.trainer, split)
 
     def predictions(self, split: str, answers: list[tuple[int, str]]) -> dict[str, str]:
         """{question id: final answer} in the order of the split's file."""

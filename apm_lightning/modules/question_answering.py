@@ -30,6 +30,7 @@ import torch
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
+from apm_lightning.data.squad import trainer_questions
 from apm_lightning.data.squad_features import offsets_array
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
 from apm_lightning.modules.base import APMModule
@@ -225,10 +226,7 @@ class QuestionAnsweringModule(APMModule):
         self._features.extend(self._collect(batch))
 
     def _questions(self, split: str) -> Sequence:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "examples"):
-            raise APMError("question answering needs a SQuADDataModule (it holds the contexts)")
-        return datamodule.examples(split)
+        return trainer_questions(self.trainer, split)
 
     def _score(self, prefix: str, tune_threshold: bool) -> None:
         features, self._features = self._features, []
