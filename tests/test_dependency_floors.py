@@ -53,10 +53,15 @@ CROSS_SECTION = [
 DESELECT = ["tests/test_objectives.py::test_losses_are_those_of_the_code_before_the_registry"]
 
 
+def pyproject() -> dict:
+    """pyproject.toml's [project] table."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
 def floor_pins() -> dict[str, str]:
     """{distribution: floor} for the runtime dependencies and EXTRAS; a requirement without a
     ``>=`` floor is a defect of pyproject.toml (what would a test install?)."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pyproject()
     lines = list(project["dependencies"])
     for extra in EXTRAS:
         lines += project["optional-dependencies"][extra]
@@ -72,11 +77,7 @@ def floor_pins() -> dict[str, str]:
 def test_every_dependency_has_one_floor_and_torch_is_a_range():
     pins = floor_pins()
     assert {"torch", "lightning", "transformers", "datasets"} <= set(pins)
-    torch_req = next(
-        Requirement(d)
-        for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-        if d.startswith("torch")
-    )
+    torch_req = next(Requirement(d) for d in pyproject()["dependencies"] if d.startswith("torch"))
     assert {s.operator for s in torch_req.specifier} == {">=", "<"}  # a range, never one build
 
 

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
@@ -346,12 +345,3 @@ def _warn_if_nothing_to_abstain_on(questions: Sequence[QAExample]) -> None:
             file=sys.stderr,
             flush=True,
         )
-
-
-def trainer_questions(trainer: Any, split: str) -> list[QAExample]:
-    """The questions of ``split`` from the trainer's data module, which holds the contexts that
-    both QA modules (extractive and generative) score against."""
-    datamodule = trainer.datamodule
-    if datamodule is None or not hasattr(datamodule, "examples"):
-        raise APMError("question answering needs a SQuADDataModule (it holds the contexts)")
-    return datamodule.examples(split)

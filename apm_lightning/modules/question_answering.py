@@ -30,10 +30,9 @@ import torch
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
-from apm_lightning.data.squad import trainer_questions
 from apm_lightning.data.squad_features import offsets_array
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
-from apm_lightning.modules.base import APMModule
+from apm_lightning.modules.squad_base import SQuADModule
 
 # One evaluation feature: (question index, context offsets, start logits, end logits). The
 # offsets are an (n, 2) int32 array, -1 off the context (``offsets_array``); a list with None
@@ -123,7 +122,7 @@ def build_qa_network(backbone: str | None, backbone_config: dict[str, Any] | Non
 
 
 @register_module("apm_lightning.tasks.question_answering.QuestionAnsweringModule")
-class QuestionAnsweringModule(APMModule):
+class QuestionAnsweringModule(SQuADModule):
     """Span extraction for SQuAD v1.1 and v2.0.
 
     Args:
@@ -159,23 +158,11 @@ class QuestionAnsweringModule(APMModule):
         # The head does not depend on the data, so the network is built here (and a checkpoint
         # loads without data); the SQuAD version comes from the data or the checkpoint.
         self.net = build_qa_network(self.hparams.backbone, backbone_config, trust_remote_code)
-        self.version: int | None = None
         self.null_threshold = 0.0  # v2.0: answer "" above this null-score difference
         self.encoder = None
         self._features: list[Feature] = []
 
-    @property
-    def results_label(self) -> str | None:
-        return f"squad_v{self.version}" if self.version else None
-
     # --- set-up ------------------------------------------------------------------------
-    def _bind_version(self, version: int) -> None:
-        # A v2.0 model also answers v1.1 questions; a v1.1 model never learned to abstain.
-        if self.version is None or self.version == version:
-            self.version = version
-        elif self.version == 1:
-            raise APMError("this model was trained on SQuAD v1.1 but the data is v2.0; train a v2.0 model")
-
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "squad_version"):
@@ -224,9 +211,6 @@ class QuestionAnsweringModule(APMModule):
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._features.extend(self._collect(batch))
-
-    def _questions(self, split: str) -> Sequence:
-        return trainer_questions(self.trainer, split)
 
     def _score(self, prefix: str, tune_threshold: bool) -> None:
         features, self._features = self._features, []
@@ -288,13 +272,7 @@ class QuestionAnsweringModule(APMModule):
         return {"null_threshold": self.null_threshold}
 
     def restore_extras(self, info: dict[str, Any]) -> None:
-        task = info.get("task")
-        if task and self.version == 2 and task == "squad_v1":
-            raise APMError(
-                "the checkpoint was trained on SQuAD v1.1 but the data is v2.0; train a v2.0 model"
-            )
-        if task:
-            self.version = int(task[-1])
+        super().restore_extras(info)  # the SQuAD version
         self.null_threshold = float(info.get("null_threshold", 0.0))
 
     def export_hf(self, out_dir: str) -> None:
