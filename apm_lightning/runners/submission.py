@@ -76,7 +76,7 @@ def check_file(path: str | Path, server_name: str, test_ids: Sequence[int] | Non
     if not lines or lines[0] != HEADER:
         return [f"{path}: the header must be {HEADER!r}, found {lines[0] if lines else ''!r}"]
     spelling = server_spelling(server_name)
-    vocab = list(dict.fromkeys(spelling)) if spelling else None
+    vocab = list(spelling) or None  # names, then the server spellings not already among them
     problems: list[str] = []
     ids: list[int] = []
     for number, line in enumerate(lines[1:], start=2):
