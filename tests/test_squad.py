@@ -422,3 +422,14 @@ def test_decoder_backbones_and_unsupported_types():
     assert type(net).__name__ == "GPT2ForQuestionAnswering" and out.start_logits.shape == (1, 4)
     with pytest.raises(APMError, match="no question-answering head"):
         build_qa_network(None, {"model_type": "vit"}, False)
+
+
+def test_a_checkpoint_naming_an_unknown_squad_task_is_refused_in_one_line():
+    from apm_lightning.core.errors import APMError
+    from apm_lightning.modules.squad_base import SQuADModule
+
+    module = SQuADModule()
+    with pytest.raises(APMError, match="expected squad_v1 or squad_v2"):
+        module.restore_extras({"task": "squad_vX"})  # was a ValueError from int("X")
+    module.restore_extras({"task": "squad_v2"})
+    assert module.version == 2 and module.results_label == "squad_v2"

@@ -37,6 +37,10 @@ class SQuADModule(APMModule):
 
     def restore_extras(self, info: dict[str, Any]) -> None:
         task = info.get("task")
+        if task not in (None, "squad_v1", "squad_v2"):  # read from a file: checked, never trusted
+            raise APMError(
+                f"the checkpoint names SQuAD task {str(task)[:40]!r}; expected squad_v1 or squad_v2"
+            )
         if task and self.version == 2 and task == "squad_v1":
             raise APMError(
                 "the checkpoint was trained on SQuAD v1.1 but the data is v2.0; train a v2.0 model"
