@@ -17,6 +17,21 @@ QUIET = [
 ]
 
 
+# The recipes' models made smaller still, dropout off: the BERT body, and span corruption's T5.
+BERT_TINY = [
+    "--model.backbone_config.hidden_size=32",
+    "--model.backbone_config.intermediate_size=64",
+    "--model.backbone_config.hidden_dropout_prob=0.0",
+    "--model.backbone_config.attention_probs_dropout_prob=0.0",
+]
+T5_TINY = [
+    "--model.backbone_config.d_model=32",
+    "--model.backbone_config.d_kv=16",
+    "--model.backbone_config.d_ff=64",
+    "--model.backbone_config.dropout_rate=0.0",
+]
+
+
 def tiny_pretrain_args(recipe: str, run_dir: Path, batch_size: int, *extra: str) -> list[str]:
     """``apm pretrain`` with ``experiments/pretrain/<recipe>.yaml``, smaller still and dropout
     off, for 6 steps on WikiText-2 validation: the same run on any number of processes."""
@@ -24,10 +39,7 @@ def tiny_pretrain_args(recipe: str, run_dir: Path, batch_size: int, *extra: str)
         "pretrain",
         "-c",
         str(REPO / "experiments" / "pretrain" / f"{recipe}.yaml"),
-        "--model.backbone_config.hidden_size=32",
-        "--model.backbone_config.intermediate_size=64",
-        "--model.backbone_config.hidden_dropout_prob=0.0",
-        "--model.backbone_config.attention_probs_dropout_prob=0.0",
+        *(T5_TINY if recipe.startswith("span_corruption") else BERT_TINY),
         *extra,
         "--data.files",
         str(CORPUS),

@@ -61,19 +61,10 @@ STUDY = {
 def test_compare_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("APM_DATA_DIR", str(DATA))  # the study's corpus and GLUE files, real or generated
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(STUDY), encoding="utf-8")
+    # The study file picks the launcher (the shipped CPU preset does): no --launcher here.
+    config.write_text(yaml.safe_dump({**STUDY, "launcher": "inprocess"}), encoding="utf-8")
     out = tmp_path / "out"
-    args = [
-        "compare",
-        "-c",
-        str(config),
-        "--out",
-        str(out),
-        "--wandb_mode",
-        "disabled",
-        "--launcher",
-        "inprocess",
-    ]
+    args = ["compare", "-c", str(config), "--out", str(out), "--wandb_mode", "disabled"]
     assert main(args) == 0
     for name in ("results.md", "results.csv", "val_loss_vs_tokens.png", "downstream.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -97,7 +88,7 @@ def test_compare_study_end_to_end(tmp_path, monkeypatch):
     stamp = (out / "pretrain" / "mlm" / "results.json").stat().st_mtime_ns
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    again = [*args[:-3], "offline", *args[-2:]]
+    again = [*args[:-1], "offline"]
     assert main(again) == 0
     assert (out / "pretrain" / "mlm" / "results.json").stat().st_mtime_ns == stamp
     runs = list((out / "wandb").glob("offline-run-*"))
@@ -110,6 +101,11 @@ def test_compare_rejects_a_bad_study(tmp_path, capsys):
     assert main(["compare", "-c", str(config), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown objective(s) bert" in err[0]
+    config.write_text(yaml.safe_dump({**STUDY, "launcher": "slurm"}), encoding="utf-8")
+    assert main(["compare", "-c", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "launcher must be one of subprocess, inprocess, not 'slurm'" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 STUDIES = sorted((REPO / "experiments" / "compare_objectives").glob("*.yaml"))

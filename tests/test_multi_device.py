@@ -169,24 +169,29 @@ def test_ci_workflow_runs_the_readme_test_command():
     assert command in (REPO / ".ci/run").read_text().splitlines()
 
 
-def pretrain_args(run_dir: Path, batch_size: int) -> list[str]:
-    """ELECTRA (masking, the generator's sampling, both losses), tiny, dropout off."""
-    return tiny_pretrain_args(
-        "electra_tiny", run_dir, batch_size, "--model.backbone_config.embedding_size=32"
-    )
+# ELECTRA (masking, the generator's sampling, both losses), prefix LM (a prefix length drawn per
+# block) and span corruption (noise spans drawn per block, on a T5): tiny, dropout off.
+DDP_PRETRAIN = {
+    "electra_tiny": ["--model.backbone_config.embedding_size=32"],
+    "prefix_lm_tiny": [],
+    "span_corruption_tiny": [],
+}
 
 
-def test_ddp_pretraining_matches_one_process(tmp_path, capsys):
-    # Masks and generator samples are keyed by block, and the masked-token loss is normalised
-    # by the global count: two ranks of 4 blocks train exactly as one process of 8.
+@pytest.mark.parametrize(
+    "recipe", ["electra_tiny", pytest.param("prefix_lm_tiny", marks=pytest.mark.slow), "span_corruption_tiny"]
+)
+def test_ddp_pretraining_matches_one_process(recipe, tmp_path, capsys):
+    # Masks, spans and generator samples are keyed by block, and each loss is normalised by the
+    # global count of predicted tokens: two ranks of 4 blocks train exactly as one process of 8.
     one = tmp_path / "one"
-    assert main(pretrain_args(one, 8)) == 0
+    assert main(tiny_pretrain_args(recipe, one, 8, *DDP_PRETRAIN[recipe])) == 0
     ddp = tmp_path / "ddp"
     cmd = [
         sys.executable,
         "-m",
         "apm_lightning",
-        *pretrain_args(ddp, 4),
+        *tiny_pretrain_args(recipe, ddp, 4, *DDP_PRETRAIN[recipe]),
         "-c",
         str(TRAINER_CONFIGS / "ddp_cpu.yaml"),
     ]
@@ -199,7 +204,7 @@ def test_ddp_pretraining_matches_one_process(tmp_path, capsys):
     for i, (loss_a, loss_b) in enumerate(zip(val_losses(one), val_losses(ddp), strict=True)):
         scores_a[f"val/loss #{i}"], scores_b[f"val/loss #{i}"] = loss_a, loss_b
     with capsys.disabled():
-        print("\nDDP pretraining (ELECTRA, 2 CPU processes x 4 blocks) vs one process (8 blocks)")
+        print(f"\nDDP pretraining ({recipe}, 2 CPU processes x 4 blocks) vs one process (8 blocks)")
         for key in scores_a:
             print(
                 f"{key:<22}{scores_a[key]:>14.8f}{scores_b[key]:>14.8f}{abs(scores_a[key] - scores_b[key]):>12.2e}"

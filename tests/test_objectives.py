@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GLUE, SQUAD
 from run_options import QUIET
 
 from apm_lightning.modules.objectives.keyed_random import row_keys
@@ -318,3 +319,20 @@ def test_prefix_lm_trains_and_exports(tmp_path, capsys):
     assert 0.0 <= results["metrics"]["next_token_accuracy"] <= 1.0
     classifier = AutoModelForSequenceClassification.from_pretrained(results["hf_export"], num_labels=2)
     assert not classifier.config.is_decoder  # fine-tuned with full attention
+    # The export fine-tunes on GLUE (RTE) and on SQuAD (span extraction) by path.
+    hf = results["hf_export"]
+    glue = ["fit", "-c", str(REPO / "experiments" / "glue" / "rte.yaml"), "--model.backbone", hf]
+    glue += ["--data.data_dir", str(GLUE), "--data.max_train_samples=8", "--data.max_eval_samples=8"]
+    glue += ["--data.batch_size=4", "--data.max_seq_length=32", "--trainer.max_epochs=1", *QUIET]
+    assert main([*glue, "--trainer.default_root_dir", str(tmp_path / "rte")]) == 0
+    rte = json.loads((tmp_path / "rte" / "results.json").read_text(encoding="utf-8"))
+    assert rte["task"] == "rte" and 0.0 <= rte["metrics"]["accuracy"] <= 1.0
+    squad = ["fit", "-c", str(REPO / "experiments" / "squad" / "v1.yaml"), "--model.backbone", hf]
+    squad += ["--data.train_file", str(SQUAD / "v1.1" / "dev-v1.1.json"), "--data.split_by_article", "24"]
+    squad += ["--data.max_train_samples=8", "--data.max_eval_samples=8", "--data.max_seq_length=64"]
+    squad += ["--data.doc_stride=32", "--data.max_query_length=16", "--data.batch_size=4", *QUIET]
+    assert (
+        main([*squad, "--trainer.max_epochs=1", "--trainer.default_root_dir", str(tmp_path / "squad")]) == 0
+    )
+    qa = json.loads((tmp_path / "squad" / "results.json").read_text(encoding="utf-8"))
+    assert qa["task"] == "squad_v1" and 0.0 <= qa["metrics"]["exact"] <= qa["metrics"]["f1"] <= 100.0

@@ -106,3 +106,82 @@ def test_print_config_shows_the_options(glue_dir, capsys):
     assert config["optimizer"]["init_args"]["lr"] == 0.1
     assert config["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.LinearLR"
     assert config["lr_scheduler_interval"] == "step"
+
+
+# The optimisation settings are declared once, on APMModule; each module passes them on as
+# **kwargs and states its own defaults (optimizer_defaults).
+MODULE_DEFAULTS = {
+    "TransformerClassifier": (2e-5, 0.01, 0.06, 1e-8),
+    "QuestionAnsweringModule": (3e-5, 0.01, 0.1, 1e-8),
+    "TextToTextClassifier": (3e-4, 0.0, 0.0, 1e-8),
+    "GenerativeQAModule": (3e-4, 0.0, 0.0, 1e-8),
+    "PretrainingModule": (5e-4, 0.01, 0.06, 1e-6),
+    "BiLSTMClassifier": (1e-3, 0.0, 0.0, 1e-8),
+}
+SETTINGS = ("learning_rate", "weight_decay", "warmup_ratio", "adam_epsilon")
+
+
+def apm_modules() -> dict[str, type]:
+    from apm_lightning.core.trust import model_registry
+    from apm_lightning.modules import (  # noqa: F401  (importing registers them)
+        bilstm_classifier,
+        classification,
+        generative_qa,
+        pretraining,
+        question_answering,
+        text_to_text,
+    )
+
+    return {cls.__name__: cls for cls in model_registry().values()}
+
+
+def test_every_module_takes_the_optimizer_options_from_the_command_line():
+    """LightningCLI reads the five settings through each module's ``super().__init__(**kwargs)``
+    chain (two levels for the classifiers), so ``--model.learning_rate`` works on every module,
+    and an option given is the one the module trains with."""
+    from jsonargparse import ArgumentParser
+
+    from apm_lightning.core.trust import init_parameters
+    from apm_lightning.modules.base import APMModule
+
+    modules = apm_modules()
+    assert set(MODULE_DEFAULTS) <= set(modules)
+    for name, cls in modules.items():
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(APMModule, "model")
+        cfg = parser.parse_args(["--model", f"{cls.__module__}.{name}", "--model.learning_rate", "0.25"])
+        init_args = vars(cfg.model.init_args)
+        assert init_args["learning_rate"] == 0.25, name
+        assert {"weight_decay", "warmup_ratio", "warmup_steps", "adam_epsilon"} <= set(init_args), name
+        # A checkpoint's settings are accepted back when a module is rebuilt from it.
+        assert {"learning_rate", "warmup_steps"} <= init_parameters(cls), name
+    # The BiLSTM builds no network until it sees data: a given setting wins, the rest are its own.
+    bilstm = modules["BiLSTMClassifier"](learning_rate=0.25, warmup_steps=7)
+    assert bilstm.hparams.learning_rate == 0.25 and bilstm.hparams.warmup_steps == 7
+    assert bilstm.hparams.weight_decay == 0.0 and bilstm.hparams.adam_epsilon == 1e-8
+
+
+def test_each_module_records_its_own_defaults():
+    """A setting left out takes the module's recipe, and the hyper-parameters (so the checkpoint
+    and hparams.yaml) record the number, not None."""
+    modules = apm_modules()
+    tiny_t5 = {"model_type": "t5", "d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 2}
+    tiny_bert = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    tiny_bert["intermediate_size"] = 32
+    built = {
+        "TransformerClassifier": modules["TransformerClassifier"](),
+        "QuestionAnsweringModule": modules["QuestionAnsweringModule"](
+            backbone_config=tiny_bert, tokenizer="minilm"
+        ),
+        "TextToTextClassifier": modules["TextToTextClassifier"](backbone_config=tiny_t5, tokenizer="minilm"),
+        "PretrainingModule": modules["PretrainingModule"](backbone_config=tiny_bert, tokenizer="minilm"),
+        "BiLSTMClassifier": modules["BiLSTMClassifier"](),
+    }
+    for name, module in built.items():
+        recorded = tuple(module.hparams[key] for key in SETTINGS)
+        assert recorded == MODULE_DEFAULTS[name], name
+        assert module.hparams.warmup_steps is None
+        assert module.hparams_initial.learning_rate == MODULE_DEFAULTS[name][0], name
+    assert modules["GenerativeQAModule"].optimizer_defaults == dict(
+        zip(SETTINGS, MODULE_DEFAULTS["GenerativeQAModule"], strict=True)
+    )

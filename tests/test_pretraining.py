@@ -317,8 +317,18 @@ def test_a_few_steps_of_each_objective_then_classifier_from_export(name, tmp_pat
         assert "accuracy" in json.loads((tmp_path / "rte" / "results.json").read_text())["metrics"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
-    common = ["-c", str(PRETRAIN / "mlm_tiny.yaml"), *tiny_model_args("mlm")]
+# MLM, and the two objectives that draw per block what they predict: prefix LM (the prefix
+# length) and span corruption (the noise spans, on a T5).
+RESUME_WIDTHS = {"mlm_tiny": tiny_model_args("mlm"), "prefix_lm_tiny": tiny_model_args("prefix_lm")}
+RESUME_WIDTHS["span_corruption_tiny"] = [
+    "--model.backbone_config.d_model=32",
+    "--model.backbone_config.d_ff=64",
+]
+
+
+@pytest.mark.parametrize("recipe", list(RESUME_WIDTHS))
+def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(recipe, tmp_path):
+    common = ["-c", str(PRETRAIN / f"{recipe}.yaml"), *RESUME_WIDTHS[recipe]]
     common += [
         "--trainer.max_steps",
         "8",

@@ -16,7 +16,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -155,31 +154,33 @@ def test_resumes_append_to_the_metrics_and_keep_the_config(trained, glue_dir, tm
     assert "KillAt" in config.decode() and "KillAt" not in resumed
 
 
-def test_ctrl_c_saves_last_checkpoint_and_the_run_resumes(glue_dir, tmp_path):
+# SIGINT (what Ctrl-C sends) comes from KillAt at a chosen batch, so the stop always lands at the
+# same place: a real signal, at a known point. The epoch has 4 batches. A stop after 2 steps is
+# mid-epoch. A stop after 3 steps, before the epoch's last batch, loses a step on resume: the run
+# trains 2 more steps, but the metrics log them as steps 4 and 5 of epoch 1 (rows 0, 1, 2, 4, 5):
+# the epoch's last batch is not trained. Found 2026-12-01, when the timing-based version of this
+# test sent its Ctrl-C there; not fixed yet (strict xfail: the fix turns this red, to be removed).
+@pytest.mark.parametrize(
+    "batch",
+    [
+        2,
+        pytest.param(
+            3, marks=pytest.mark.xfail(strict=True, reason="resume after a stop at an epoch's last batch")
+        ),
+    ],
+)
+def test_ctrl_c_saves_last_checkpoint_and_the_run_resumes(batch, glue_dir, tmp_path):
     run = tmp_path / "run"
     fit = ["fit", *base(glue_dir), "--trainer.max_epochs", "-1", "--checkpoint_every_n_steps", "1"]
     fit += ["--trainer.default_root_dir", str(run)]
-    cmd = [sys.executable, "-m", "apm_lightning", *fit, "--trainer.max_steps", "500"]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # Ctrl-C as a terminal delivers it (not ignored, as for a background job).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert err.strip().splitlines()[-1] == (
+    stopped = apm(*fit, "--trainer.max_steps", "500", *kill_at(batch, "INT"))
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
         "apm: stopped by Ctrl-C; last.ckpt was saved: resume with --ckpt_path last"
     )
+    last = run / "checkpoints" / "last.ckpt"
     step = torch.load(last, weights_only=True)["global_step"]
-    assert 1 <= step < 500
+    assert step == batch
     p = apm(*fit, "--ckpt_path", "last", "--trainer.max_steps", str(step + 2))
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((run / "results.json").read_text())["global_step"] == step + 2

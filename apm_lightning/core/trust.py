@@ -148,7 +148,9 @@ def merge_model_args(
             continue
         if key in given and redact(given[key]) == redact(value):
             continue  # the same (or the same once redacted): the user's own value stands
-        if key in given:
+        # None is the module's default, not a choice (the optimisation settings are None until
+        # the module resolves them): taking the trained value replaces nothing the user chose.
+        if given.get(key) is not None:
             replaced.append(f"model.{key} ({given[key]!r} -> {value!r})")
         merged[key] = value
     return merged, replaced
@@ -165,6 +167,22 @@ def warn_replaced(replaced: list[str], rank_zero: bool = True) -> None:
         )
 
 
+def init_parameters(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the bases (apm's
+    modules pass the optimisation settings on to ``APMModule`` that way)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())
+        names |= {p.name for p in params if p.kind in named and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def load_module(checkpoint: dict[str, Any], source: str) -> Any:
     """The apm LightningModule of a loaded checkpoint, with its weights, built without running
     code the checkpoint names or asks for (Lightning's ``load_from_checkpoint`` would follow its
@@ -177,7 +195,7 @@ def load_module(checkpoint: dict[str, Any], source: str) -> Any:
         source,
         "an exported folder never carries a model's own code; export such a model in Python",
     )
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = init_parameters(cls)
     module = cls(**{k: v for k, v in hparams.items() if k in accepted and k != CODE_KEY})
     # What Lightning's loader does after building the module.
     module.on_load_checkpoint(checkpoint)

@@ -3,8 +3,10 @@
 - Optimisation: AdamW (fused where torch has the kernel) with BERT's no-decay groups, linear
   warm-up (``warmup_steps``, else ``warmup_ratio`` of the run) and linear decay to zero, stepped
   every optimizer step; LightningCLI's ``--optimizer``/``--lr_scheduler`` replace either part
-  (``configured_optimizers``). A subclass declares the five settings in its own signature, with
-  its own defaults, so that ``--print_config`` and the checkpoint show them.
+  (``configured_optimizers``). The five settings (``--model.learning_rate`` ...) are declared
+  here once; a subclass passes them on as ``**kwargs`` (LightningCLI reads them through that
+  ``super().__init__`` call) and states its own defaults in one line, ``optimizer_defaults``.
+  The hyper-parameters, and so every checkpoint, record the values the run used.
 - Checkpoint identity: ``on_save_checkpoint`` writes an ``apm`` section (the module's class, its
   ``results_label``, the ``identity_keys`` hyper-parameters, plus ``checkpoint_extras``), and
   ``on_load_checkpoint`` refuses a checkpoint of another class or identity in one line, then
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -117,11 +120,73 @@ def configured_optimizers(
     return {"optimizer": optimizer, "lr_scheduler": config}
 
 
+# The encoder-decoder modules' recipe (T5 fine-tunes at a higher rate than BERT, without warm-up
+# or weight decay).
+SEQ2SEQ_OPTIMIZER_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "adam_epsilon": 1e-8,
+}
+
+
 class APMModule(pl.LightningModule):
     # Hyper-parameters that must agree between a checkpoint and the module loading it.
     identity_keys: tuple[str, ...] = ()
     # What picks the best checkpoint (the CLI reads this).
     checkpoint_monitor: tuple[str, str] = ("val/main", "max")
+    # The module's own recipe: what an optimisation setting left at None takes (BERT's
+    # fine-tuning recipe here; the T5 modules, pretraining and the BiLSTM state theirs).
+    optimizer_defaults: dict[str, float] = {
+        "learning_rate": 2e-5,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.06,
+        "adam_epsilon": 1e-8,
+    }
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        weight_decay: float | None = None,
+        warmup_ratio: float | None = None,
+        warmup_steps: int | None = None,
+        adam_epsilon: float | None = None,
+    ) -> None:
+        """AdamW with linear warm-up and decay; a setting left at None takes the module's own
+        default (``optimizer_defaults``: 2e-5 for TransformerClassifier, 3e-5 for
+        QuestionAnsweringModule, 3e-4 for the T5 modules, 5e-4 for pretraining).
+
+        Args:
+            learning_rate: the peak learning rate.
+            weight_decay: AdamW's decoupled weight decay (never on biases and normalisation
+                weights).
+            warmup_ratio: linear warm-up over this share of the run's optimizer steps.
+            warmup_steps: or over this many steps (then warmup_ratio is not used).
+            adam_epsilon: AdamW's epsilon.
+        """
+        super().__init__()
+        given = {
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_ratio": warmup_ratio,
+            "warmup_steps": warmup_steps,
+            "adam_epsilon": adam_epsilon,
+        }
+        self.optimization = {
+            key: self.optimizer_defaults.get(key) if value is None else value for key, value in given.items()
+        }
+
+    def save_hyperparameters(
+        self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True
+    ) -> None:
+        """Lightning's, plus the five optimisation settings as this module resolved them: they
+        reach a subclass as ``**kwargs`` (only those given), and a checkpoint must keep the
+        values the run used even if a default changes later."""
+        super().save_hyperparameters(
+            *args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger
+        )
+        self._hparams.update(self.optimization)
+        self._hparams_initial.update(self.optimization)
 
     @property
     def results_label(self) -> str | None:
@@ -181,6 +246,22 @@ class APMModule(pl.LightningModule):
 
         self.encoder = JointPairEncoder(self.load_tokenizer())
         return self.encoder
+
+    def build_seq2seq(self, tokenizer: Any, instead: str) -> Any:
+        """The encoder-decoder LM (T5, BART) from ``backbone`` or ``backbone_config``; ``instead``
+        ends the message that refuses a backbone of another kind."""
+        from apm_lightning.models.seq2seq import build_seq2seq_lm
+        from apm_lightning.modules.hf_export import resolve_backbone
+
+        backbone, config = self.hparams.backbone, self.hparams.backbone_config
+        return build_seq2seq_lm(
+            resolve_backbone(backbone) if config is None and backbone else None,
+            config,
+            tokenizer,
+            self.hparams.trust_remote_code,
+            name=backbone,
+            instead=instead,
+        )
 
     @staticmethod
     def check_vocabulary(tokenizer: Any, config: Any) -> None:

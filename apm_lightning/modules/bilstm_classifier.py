@@ -27,9 +27,17 @@ class BiLSTMClassifier(ClassifierModule):
         embedding_dim / hidden_size / num_layers / mlp_hidden / dropout: override the preset.
         vocab_size: the word vocabulary, learned from the task's training text.
         glove_path: a GloVe-format text file to initialise the embeddings from.
+        **kwargs: the optimisation settings (``APMModule``); 1e-3, no warm-up and no weight
+            decay by default (a network trained from scratch).
     """
 
     identity_keys = ("preset", "embedding_dim", "hidden_size", "num_layers", "mlp_hidden", "vocab_size")
+    optimizer_defaults = {
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.0,
+        "adam_epsilon": 1e-8,
+    }
 
     def __init__(
         self,
@@ -43,13 +51,9 @@ class BiLSTMClassifier(ClassifierModule):
         lowercase: bool = True,
         glove_path: str | None = None,
         task: str | None = None,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(task)
+        super().__init__(task, **kwargs)
         from apm_lightning.models.bilstm import PRESETS
 
         if preset not in PRESETS:

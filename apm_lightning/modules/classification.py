@@ -36,10 +36,9 @@ def _split_suffix(split: str) -> str:
 class ClassifierModule(APMModule):
     """Base of the classification and regression models: the task, its loss and metrics."""
 
-    def __init__(self, task: str | None = None) -> None:
-        # The optimizer settings are the subclass's arguments (its own defaults), saved as
-        # hyper-parameters by the subclass and read by APMModule.configure_optimizers.
-        super().__init__()
+    def __init__(self, task: str | None = None, **kwargs: Any) -> None:
+        # kwargs: the optimisation settings (APMModule's), which a subclass passes on.
+        super().__init__(**kwargs)
         self.glue_task: TaskSpec | None = get_task(task) if task else None
         self.net: nn.Module | None = None
         self.encoder = None
@@ -224,6 +223,7 @@ class TransformerClassifier(ClassifierModule):
         tokenizer: tokenizer path/name when it differs from the backbone (needed with
             ``backbone_config``; ``minilm`` works for BERT-style vocabularies).
         trust_remote_code: allow a hub model's own Python code (off unless asked for).
+        **kwargs: the optimisation settings (``APMModule``); BERT's recipe by default.
     """
 
     identity_keys = ("backbone", "backbone_config")
@@ -234,14 +234,10 @@ class TransformerClassifier(ClassifierModule):
         backbone_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         task: str | None = None,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
         trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(task)
+        super().__init__(task, **kwargs)
         # The task lives in the data module's hparams (and in the checkpoint's 'apm' section).
         self.save_hyperparameters(ignore=["task"])
         self.choose_backbone(default="minilm")

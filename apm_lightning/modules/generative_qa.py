@@ -33,6 +33,7 @@ from apm_lightning.core.trust import register_module
 from apm_lightning.data.squad import SQuADDataModule
 from apm_lightning.data.squad_generative import GenerativeQAEncoder, answer_in_context
 from apm_lightning.metrics.squad import normalize_answer, squad_v1_scores, squad_v2_scores
+from apm_lightning.modules.base import SEQ2SEQ_OPTIMIZER_DEFAULTS
 from apm_lightning.modules.squad_base import SQuADModule
 
 NOT_SEQ2SEQ = (
@@ -53,12 +54,13 @@ class GenerativeQAModule(SQuADModule):
             there; longer training answers are cut, which fit reports).
         no_answer_text: what the model writes for an unanswerable (v2.0) question.
         snap_to_context: give a generated answer the context's spelling where it occurs there.
-        learning_rate / weight_decay / warmup_ratio / warmup_steps / adam_epsilon: AdamW with
-            linear warm-up and decay (the shared recipe).
         trust_remote_code: allow a hub model's own Python code (off unless asked for).
+        **kwargs: the optimisation settings (``APMModule``); 3e-4, no warm-up and no weight
+            decay by default, as ``TextToTextClassifier``.
     """
 
     identity_keys = ("backbone", "backbone_config")
+    optimizer_defaults = SEQ2SEQ_OPTIMIZER_DEFAULTS
 
     def __init__(
         self,
@@ -68,14 +70,10 @@ class GenerativeQAModule(SQuADModule):
         max_target_length: int = 32,
         no_answer_text: str = "unanswerable",
         snap_to_context: bool = True,
-        learning_rate: float = 3e-4,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
         trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         if max_target_length < 2:
             raise APMError(f"model.max_target_length={max_target_length}: an answer needs 2 tokens or more")
@@ -89,21 +87,10 @@ class GenerativeQAModule(SQuADModule):
             "set model.backbone (an encoder-decoder folder or hub name, e.g. google-t5/t5-small) "
             "or model.backbone_config",
         )
-        from apm_lightning.models.seq2seq import build_seq2seq_lm
-        from apm_lightning.modules.hf_export import resolve_backbone
-
         # The network does not depend on the data, so it is built here (and a checkpoint loads
         # without data); the SQuAD version comes from the data or the checkpoint.
-        backbone = self.hparams.backbone
         self.tokenizer = self.load_tokenizer()
-        self.net = build_seq2seq_lm(
-            resolve_backbone(backbone) if backbone_config is None else None,
-            backbone_config,
-            self.tokenizer,
-            trust_remote_code,
-            name=backbone,
-            instead=NOT_SEQ2SEQ,
-        )
+        self.net = self.build_seq2seq(self.tokenizer, NOT_SEQ2SEQ)
         self.encoder: GenerativeQAEncoder | None = None
         self._answers: list[tuple[int, str]] = []
 

@@ -57,10 +57,18 @@ class PretrainingModule(APMModule):
         discriminator_weight: ELECTRA's lambda (50 in the paper).
         objective_args: settings of the objective alone (its ``arguments``), e.g.
             ``{shuffle_rate: 0.15}`` for ``shuffled_tokens``.
+        **kwargs: the optimisation settings (``APMModule``); by default 5e-4 with 6% warm-up
+            and epsilon 1e-6 (RoBERTa's pretraining choice, steadier at high rates).
     """
 
     checkpoint_monitor = ("val/loss", "min")
     identity_keys = ("objective", "backbone", "backbone_config", "attention", "generator_size")
+    optimizer_defaults = {
+        "learning_rate": 5e-4,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.06,
+        "adam_epsilon": 1e-6,
+    }
 
     def __init__(
         self,
@@ -73,15 +81,11 @@ class PretrainingModule(APMModule):
         sparse_prediction: bool = True,
         generator_size: float = 0.25,
         discriminator_weight: float = 50.0,
-        learning_rate: float = 5e-4,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-6,
         trust_remote_code: bool = False,
         objective_args: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         chosen = objective_class(objective)  # an unknown name: one line listing the registered ones
         if attention not in ATTENTIONS:
             raise APMError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTIONS)}")

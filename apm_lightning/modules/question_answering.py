@@ -130,29 +130,31 @@ class QuestionAnsweringModule(SQuADModule):
         backbone_config: train from scratch with this config instead (``{model_type: bert, ...}``).
         tokenizer: tokenizer path/name when it differs from the backbone (needed with
             ``backbone_config``).
-        learning_rate / weight_decay / warmup_ratio / warmup_steps / adam_epsilon: AdamW with
-            BERT's no-decay groups and linear warm-up and decay (as the GLUE models).
         n_best_size / max_answer_length: answer decoding (see :func:`postprocess`).
         trust_remote_code: allow a hub model's own Python code (off unless asked for).
+        **kwargs: the optimisation settings (``APMModule``); BERT's SQuAD recipe by default
+            (3e-5, 10% warm-up).
     """
 
     identity_keys = ("backbone", "backbone_config")
+    optimizer_defaults = {
+        "learning_rate": 3e-5,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "adam_epsilon": 1e-8,
+    }
 
     def __init__(
         self,
         backbone: str | None = "minilm",
         backbone_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
-        learning_rate: float = 3e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
         n_best_size: int = 20,
         max_answer_length: int = 30,
         trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.choose_backbone(default="minilm")
         # The head does not depend on the data, so the network is built here (and a checkpoint

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
+from apm_lightning.modules.base import SEQ2SEQ_OPTIMIZER_DEFAULTS
 from apm_lightning.modules.classification import ClassifierModule
 
 IGNORE = -100
@@ -38,9 +39,12 @@ class TextToTextClassifier(ClassifierModule):
         tokenizer: the tokenizer when it differs from the backbone (needed with backbone_config).
         max_target_length: longest label, in tokens (generation stops there).
         trust_remote_code: allow a hub model's own Python code (off unless asked for).
+        **kwargs: the optimisation settings (``APMModule``); 3e-4, no warm-up and no
+            weight decay by default (T5 fine-tuning takes a higher rate than BERT).
     """
 
     identity_keys = ("backbone", "backbone_config")
+    optimizer_defaults = SEQ2SEQ_OPTIMIZER_DEFAULTS
 
     def __init__(
         self,
@@ -49,14 +53,10 @@ class TextToTextClassifier(ClassifierModule):
         tokenizer: str | None = None,
         task: str | None = None,
         max_target_length: int = 8,
-        learning_rate: float = 3e-4,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
         trust_remote_code: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(task)
+        super().__init__(task, **kwargs)
         self.save_hyperparameters(ignore=["task"])
         self.choose_backbone(
             None, "set model.backbone (an encoder-decoder folder or hub name) or model.backbone_config"
@@ -75,18 +75,9 @@ class TextToTextClassifier(ClassifierModule):
         return self.encoder
 
     def build_network(self) -> nn.Module:
-        from apm_lightning.models.seq2seq import build_seq2seq_lm
-        from apm_lightning.modules.hf_export import resolve_backbone
-
         tokenizer = self.encoder.tokenizer if self.encoder is not None else self.load_tokenizer()
-        backbone = self.hparams.backbone
-        net = build_seq2seq_lm(
-            resolve_backbone(backbone) if self.hparams.backbone_config is None and backbone else None,
-            self.hparams.backbone_config,
-            tokenizer,
-            self.hparams.trust_remote_code,
-            name=backbone,
-            instead="; text-to-text needs one (T5, BART), or use TransformerClassifier",
+        net = self.build_seq2seq(
+            tokenizer, "; text-to-text needs one (T5, BART), or use TransformerClassifier"
         )
         self._words = self.label_words()
         self.register_buffer("targets", self._target_ids(tokenizer), persistent=False)

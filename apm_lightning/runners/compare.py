@@ -73,6 +73,8 @@ def load_study(path: str | Path) -> dict[str, Any]:
                 f"{path}: the study needs a '{key}' section (see experiments/compare_objectives/cpu.yaml)"
             )
     study_budgets(study, str(path))  # refused now, before anything runs
+    if study.get("launcher", "subprocess") not in LAUNCHERS:
+        raise APMError(f"{path}: launcher must be one of {', '.join(LAUNCHERS)}, not {study['launcher']!r}")
     names = registered_objectives()
     unknown = set(study["objectives"]) - set(names)
     if unknown:
@@ -335,7 +337,12 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
         help="folder with corpus/ and glue/ (default: $APM_DATA_DIR or ../shared/data)",
     )
     p.add_argument("--wandb_mode", default="auto", choices=("auto", "online", "offline", "disabled"))
-    p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="where each run goes (default: the study's 'launcher', else subprocess)",
+    )
     p.add_argument(
         "--plan",
         action="store_true",
@@ -345,5 +352,6 @@ def compare_main(argv: list[str]) -> dict[str, Any]:
     args = p.parse_args(argv)
     study = load_study(resolve_config(args.config))
     root = Path(args.data_root) if args.data_root else default_data_root()
-    runner = CompareRunner(study, Path(args.out), root, args.wandb_mode, args.launcher)
+    launcher = args.launcher or study.get("launcher", "subprocess")
+    runner = CompareRunner(study, Path(args.out), root, args.wandb_mode, launcher)
     return runner.plan() if args.plan else runner.run()
