@@ -70,6 +70,12 @@ class Probe(pl.Callback):
         self.saver, self.stop_at = saver, stop_at
         self.checks: list[bool] = []
         self.trainers: list[object] = []
+        self.logging_steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # The loggers' step: the number of optimizer steps so far (one optimizer).
+        self.logging_steps.append(compat.logging_step(trainer))
+        compat.set_logging_step(trainer, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.trainers.append(compat.attached_trainer(pl_module))
@@ -109,6 +115,7 @@ def test_loop_checkpoint_and_trainer_adapters_in_a_real_fit(tmp_path):
     trainer.fit(model)
     assert probe.checks == [False, True, False, True]  # validation after every 2nd batch
     assert probe.trainers == [trainer] * 4
+    assert probe.logging_steps == [0, 1, 2, 3]
     assert (tmp_path / "probe.ckpt").is_file()
 
 

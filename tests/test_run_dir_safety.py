@@ -155,20 +155,11 @@ def test_resumes_append_to_the_metrics_and_keep_the_config(trained, glue_dir, tm
 
 
 # SIGINT (what Ctrl-C sends) comes from KillAt at a chosen batch, so the stop always lands at the
-# same place: a real signal, at a known point. The epoch has 4 batches. A stop after 2 steps is
-# mid-epoch. A stop after 3 steps, before the epoch's last batch, loses a step on resume: the run
-# trains 2 more steps, but the metrics log them as steps 4 and 5 of epoch 1 (rows 0, 1, 2, 4, 5):
-# the epoch's last batch is not trained. Found 2026-12-01, when the timing-based version of this
-# test sent its Ctrl-C there; not fixed yet (strict xfail: the fix turns this red, to be removed).
-@pytest.mark.parametrize(
-    "batch",
-    [
-        2,
-        pytest.param(
-            3, marks=pytest.mark.xfail(strict=True, reason="resume after a stop at an epoch's last batch")
-        ),
-    ],
-)
+# same place: a real signal, at a known point. An epoch has 3 batches: a stop after 2 steps is
+# mid-epoch; after 3 it is at the epoch's end (after its validation), where the resumed run once
+# logged its steps one late (rows 0, 1, 2, 4, 5; found when the timing-based version of this test
+# sent its Ctrl-C there).
+@pytest.mark.parametrize("batch", [2, 3])
 def test_ctrl_c_saves_last_checkpoint_and_the_run_resumes(batch, glue_dir, tmp_path):
     run = tmp_path / "run"
     fit = ["fit", *base(glue_dir), "--trainer.max_epochs", "-1", "--checkpoint_every_n_steps", "1"]

@@ -4,7 +4,8 @@ function each, in one place.
 apm needs a few things those libraries do not expose: Lightning's checkpoint loader and
 ``ModelCheckpoint``'s save steps (``last.ckpt`` mid-epoch), the loop's "validation follows this
 batch" test, the SIGTERM flag (Ctrl-C stops like SIGTERM), a W&B logger's prefix and init
-arguments, a progress bar's refresh rate (no setter), the CSV logger's writer slot, the
+arguments, a progress bar's refresh rate (no setter), the CSV logger's writer slot, the loggers'
+step counter (corrected after a resume from a stop at an epoch's end), the
 trainer a module is attached to (without the property's error), the data module's flag that
 logs its hyper-parameters, LightningCLI's parser; Optuna's storage key of a trial, a study's
 storage and a trial rebuilt from its key (the pruning callback in a child process); pgserver's
@@ -112,6 +113,18 @@ def request_graceful_stop(trainer: Any) -> None:
     connector = _member(trainer, "_signal_connector", "Trainer")
     _require_slot(connector, "received_sigterm", type(connector).__name__)
     connector.received_sigterm = True
+
+
+def logging_step(trainer: Any) -> int:
+    """``fit_loop.epoch_loop._batches_that_stepped``: the step the loggers write."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    _require_slot(epoch_loop, "_batches_that_stepped", type(epoch_loop).__name__)
+    return epoch_loop._batches_that_stepped
+
+
+def set_logging_step(trainer: Any, step: int) -> None:
+    _require_slot(trainer.fit_loop.epoch_loop, "_batches_that_stepped", "_TrainingEpochLoop")
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step
 
 
 def csv_logger_experiment(logger: Any, make: Callable[[], Any]) -> Any:

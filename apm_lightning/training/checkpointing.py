@@ -139,6 +139,19 @@ class LastCheckpoint(ModelCheckpoint):
             return
         compat.checkpoint_save_unmonitored(self, trainer)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        self._resumed = trainer.global_step > 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        # A resume from a checkpoint this callback saved on a stop after an epoch's last batch:
+        # Lightning's restart adds 1 to the loggers' step, for checkpoints saved before it counts
+        # the batch, but this one was saved after, so every later row would be logged one step
+        # late (rows 0, 1, 2, 4, 5). With one optimizer the loggers' step is the global step.
+        if getattr(self, "_resumed", False):
+            self._resumed = False
+            if pl_module.automatic_optimization and compat.logging_step(trainer) != trainer.global_step:
+                compat.set_logging_step(trainer, trainer.global_step)
+
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         # Lightning raises SIGTERMException between batches, when the state is consistent.
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
