@@ -120,14 +120,21 @@ def configured_optimizers(
     return {"optimizer": optimizer, "lr_scheduler": config}
 
 
+def optimizer_recipe(
+    learning_rate: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0, adam_epsilon: float = 1e-8
+) -> dict[str, float]:
+    """A module's own defaults for the optimisation settings (``APMModule.optimizer_defaults``)."""
+    return {
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "warmup_ratio": warmup_ratio,
+        "adam_epsilon": adam_epsilon,
+    }
+
+
 # The encoder-decoder modules' recipe (T5 fine-tunes at a higher rate than BERT, without warm-up
 # or weight decay).
-SEQ2SEQ_OPTIMIZER_DEFAULTS = {
-    "learning_rate": 3e-4,
-    "weight_decay": 0.0,
-    "warmup_ratio": 0.0,
-    "adam_epsilon": 1e-8,
-}
+SEQ2SEQ_OPTIMIZER_DEFAULTS = optimizer_recipe(3e-4)
 
 
 class APMModule(pl.LightningModule):
@@ -137,12 +144,7 @@ class APMModule(pl.LightningModule):
     checkpoint_monitor: tuple[str, str] = ("val/main", "max")
     # The module's own recipe: what an optimisation setting left at None takes (BERT's
     # fine-tuning recipe here; the T5 modules, pretraining and the BiLSTM state theirs).
-    optimizer_defaults: dict[str, float] = {
-        "learning_rate": 2e-5,
-        "weight_decay": 0.01,
-        "warmup_ratio": 0.06,
-        "adam_epsilon": 1e-8,
-    }
+    optimizer_defaults: dict[str, float] = optimizer_recipe(2e-5, weight_decay=0.01, warmup_ratio=0.06)
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from torch import nn
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.redact import redact_text
 from apm_lightning.core.trust import register_module
+from apm_lightning.modules.base import optimizer_recipe
 from apm_lightning.modules.classification import ClassifierModule
 
 
@@ -32,12 +33,7 @@ class BiLSTMClassifier(ClassifierModule):
     """
 
     identity_keys = ("preset", "embedding_dim", "hidden_size", "num_layers", "mlp_hidden", "vocab_size")
-    optimizer_defaults = {
-        "learning_rate": 1e-3,
-        "weight_decay": 0.0,
-        "warmup_ratio": 0.0,
-        "adam_epsilon": 1e-8,
-    }
+    optimizer_defaults = optimizer_recipe(1e-3)
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from apm_lightning.core.errors import APMError
 from apm_lightning.core.library_compat import attached_trainer
 from apm_lightning.core.seeds import run_seed
 from apm_lightning.core.trust import register_module
-from apm_lightning.modules.base import APMModule
+from apm_lightning.modules.base import APMModule, optimizer_recipe
 from apm_lightning.modules.objectives import objective_class
 from apm_lightning.modules.objectives.keyed_random import VALIDATION_SEED, row_keys
 
@@ -63,12 +63,7 @@ class PretrainingModule(APMModule):
 
     checkpoint_monitor = ("val/loss", "min")
     identity_keys = ("objective", "backbone", "backbone_config", "attention", "generator_size")
-    optimizer_defaults = {
-        "learning_rate": 5e-4,
-        "weight_decay": 0.01,
-        "warmup_ratio": 0.06,
-        "adam_epsilon": 1e-6,
-    }
+    optimizer_defaults = optimizer_recipe(5e-4, weight_decay=0.01, warmup_ratio=0.06, adam_epsilon=1e-6)
 
     def __init__(
         self,

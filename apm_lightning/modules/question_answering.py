@@ -32,6 +32,7 @@ from apm_lightning.core.errors import APMError
 from apm_lightning.core.trust import register_module
 from apm_lightning.data.squad_features import offsets_array
 from apm_lightning.metrics.squad import squad_v1_scores, squad_v2_scores, squad_v2_tuned
+from apm_lightning.modules.base import optimizer_recipe
 from apm_lightning.modules.squad_base import SQuADModule
 
 # One evaluation feature: (question index, context offsets, start logits, end logits). The
@@ -137,12 +138,7 @@ class QuestionAnsweringModule(SQuADModule):
     """
 
     identity_keys = ("backbone", "backbone_config")
-    optimizer_defaults = {
-        "learning_rate": 3e-5,
-        "weight_decay": 0.01,
-        "warmup_ratio": 0.1,
-        "adam_epsilon": 1e-8,
-    }
+    optimizer_defaults = optimizer_recipe(3e-5, weight_decay=0.01, warmup_ratio=0.1)
 
     def __init__(
         self,
