@@ -115,16 +115,19 @@ def request_graceful_stop(trainer: Any) -> None:
     connector.received_sigterm = True
 
 
-def logging_step(trainer: Any) -> int:
-    """``fit_loop.epoch_loop._batches_that_stepped``: the step the loggers write."""
+def _stepping_loop(trainer: Any) -> Any:
     epoch_loop = trainer.fit_loop.epoch_loop
     _require_slot(epoch_loop, "_batches_that_stepped", type(epoch_loop).__name__)
-    return epoch_loop._batches_that_stepped
+    return epoch_loop
+
+
+def logging_step(trainer: Any) -> int:
+    """``fit_loop.epoch_loop._batches_that_stepped``: the step the loggers write."""
+    return _stepping_loop(trainer)._batches_that_stepped
 
 
 def set_logging_step(trainer: Any, step: int) -> None:
-    _require_slot(trainer.fit_loop.epoch_loop, "_batches_that_stepped", "_TrainingEpochLoop")
-    trainer.fit_loop.epoch_loop._batches_that_stepped = step
+    _stepping_loop(trainer)._batches_that_stepped = step
 
 
 def csv_logger_experiment(logger: Any, make: Callable[[], Any]) -> Any:

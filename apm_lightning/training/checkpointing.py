@@ -106,6 +106,7 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
         self.every_n_steps = every_n_steps
+        self._resumed = False  # set when a fit starts from a checkpoint (on_train_start)
 
     @property
     def saved_path(self) -> str | None:
@@ -147,7 +148,7 @@ class LastCheckpoint(ModelCheckpoint):
         # Lightning's restart adds 1 to the loggers' step, for checkpoints saved before it counts
         # the batch, but this one was saved after, so every later row would be logged one step
         # late (rows 0, 1, 2, 4, 5). With one optimizer the loggers' step is the global step.
-        if getattr(self, "_resumed", False):
+        if self._resumed:
             self._resumed = False
             if pl_module.automatic_optimization and compat.logging_step(trainer) != trainer.global_step:
                 compat.set_logging_step(trainer, trainer.global_step)
