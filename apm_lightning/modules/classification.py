@@ -223,6 +223,10 @@ class TransformerClassifier(ClassifierModule):
         tokenizer: tokenizer path/name when it differs from the backbone (needed with
             ``backbone_config``; ``minilm`` works for BERT-style vocabularies).
         trust_remote_code: allow a hub model's own Python code (off unless asked for).
+        cls_only_last_layer: compute the last encoder layer at the first ([CLS]) position only,
+            the one the classification head reads: the same logits and gradients with 14% fewer
+            matrix products on a 6-layer BERT (BERT, RoBERTa and ELECTRA classifiers; other
+            models run unchanged).
         **kwargs: the optimisation settings (``APMModule``); BERT's recipe by default.
     """
 
@@ -235,6 +239,7 @@ class TransformerClassifier(ClassifierModule):
         tokenizer: str | None = None,
         task: str | None = None,
         trust_remote_code: bool = False,
+        cls_only_last_layer: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(task, **kwargs)
@@ -246,6 +251,7 @@ class TransformerClassifier(ClassifierModule):
 
     def build_network(self) -> nn.Module:
         from apm_lightning.models.backbones import build_sequence_classifier
+        from apm_lightning.models.first_position import first_position_last_layer
         from apm_lightning.modules.hf_export import resolve_backbone
 
         task = self.glue_task
@@ -263,6 +269,8 @@ class TransformerClassifier(ClassifierModule):
             net.config.pad_token_id = self.encoder.tokenizer.pad_token_id
         if net.config.is_encoder_decoder:
             self._set_decoder_tokens(net.config)
+        if self.hparams.cls_only_last_layer:
+            first_position_last_layer(net)
         return net
 
     def _set_decoder_tokens(self, config: Any) -> None:
