@@ -9,6 +9,14 @@ difference of the medians, and the training time.
 
   python benchmarks/bench_glue_parity.py --tasks stsb --seeds 3 --epochs 1 --lr 5e-5 \\
       --warmup-ratio 0 --weight-decay 0        # the STS-B check of the GLUE-reproduction issue
+
+With ``--apm-runner glue`` the apm side is one ``apm glue`` over every task and seed (in-process
+runs, no submission) instead of one ``apm fit`` process per run, and the table ends with the wall
+time of that whole command against the Trainer's runs as separate invocations (each a fresh
+interpreter, as a script per run is used), both measured here:
+
+  python benchmarks/bench_glue_parity.py --tasks cola,sst2,mrpc,rte --seeds 3 --rows 2000 \\
+      --epochs 1 --apm-runner glue
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,7 +60,11 @@ def recipe(task: str, args: argparse.Namespace) -> dict[str, Any]:
     for key in chosen:
         if getattr(args, key) is not None:
             chosen[key] = getattr(args, key)
-    return chosen
+    # YAML reads 5e-05 (no dot) as a string; the Trainer's AdamW needs the number.
+    return {key: (float if key in FLOATS else int)(value) for key, value in chosen.items()}
+
+
+FLOATS = ("lr", "warmup_ratio", "weight_decay")
 
 
 # --------------------------------------------------------------------------- the Trainer peer
@@ -137,10 +150,12 @@ def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
 
     grouping = trainer_length_grouping()
     train, dev = load("train"), load("dev")
+    if hp.get("rows"):  # the first N rows, as apm's --data.max_train_samples keeps
+        train = train.select(range(min(hp["rows"], len(train))))
     with tempfile.TemporaryDirectory(prefix="parity_") as out:
         targs = TrainingArguments(
             output_dir=out,
-            learning_rate=hp["lr"],
+            learning_rate=float(hp["lr"]),
             per_device_train_batch_size=hp["batch_size"],
             per_device_eval_batch_size=128,
             num_train_epochs=hp["epochs"],
@@ -171,7 +186,13 @@ def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
         metrics = {k[5:]: v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
     _, names = TASKS[task]
     metrics = {n: float(metrics[n]) for n in names}
-    return {"main": float(np.mean(list(metrics.values()))), **metrics, "train_s": seconds}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "main": float(np.mean(list(metrics.values()))),
+        **metrics,
+        "train_s": seconds,
+        "peak_rss_mb": peak,
+    }
 
 
 # --------------------------------------------------------------------------- the apm peer
@@ -186,11 +207,48 @@ def run_apm(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
         cmd += ["--data.max_seq_length", str(hp["max_length"]), "--trainer.max_epochs", str(hp["epochs"])]
         cmd += ["--trainer.gradient_clip_val", "1.0", "--trainer.default_root_dir", f"{out}/run"]
         cmd += ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
+        cmd += ["--data.max_train_samples", str(hp["rows"])] if hp.get("rows") else []
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"apm fit failed: {proc.stderr.strip().splitlines()[-1:]}")
         results = json.loads(Path(out, "run", "results.json").read_text())
-    return {**results["metrics"], "train_s": results["train_wall_seconds"]}
+    return {
+        **results["metrics"],
+        "train_s": results["train_wall_seconds"],
+        "peak_rss_mb": results["peak_rss_mb"],
+    }
+
+
+def fit_options(hp: dict[str, Any]) -> str:
+    """The recipe as ``apm fit`` options (for one task of ``apm glue --override``)."""
+    options = f"--model.learning_rate {hp['lr']} --model.warmup_ratio {hp['warmup_ratio']} "
+    options += f"--model.weight_decay {hp['weight_decay']} --data.batch_size {hp['batch_size']} "
+    options += f"--data.max_seq_length {hp['max_length']} --trainer.max_epochs {hp['epochs']}"
+    return options + (f" --data.max_train_samples {hp['rows']}" if hp.get("rows") else "")
+
+
+def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: int) -> tuple[dict[str, list], float]:
+    """One ``apm glue`` over every task and seed -> ({task: [metrics per seed]}, wall seconds)."""
+    with tempfile.TemporaryDirectory(prefix="parity_glue_") as out:
+        cmd = [sys.executable, "-m", "apm_lightning", "glue", "--tasks", ",".join(recipes)]
+        cmd += ["--seeds", str(seeds), "--data-dir", str(Path(DATA_ROOT) / "glue"), "--out", out]
+        cmd += ["--launcher", "inprocess", "--no-submission", "--wandb_mode", "disabled"]
+        cmd += ["--trainer.enable_progress_bar", "false", "--trainer.gradient_clip_val", "1.0"]
+        for task, hp in recipes.items():
+            cmd += ["--override", f"{task}:{fit_options(hp)}"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"apm glue failed: {proc.stderr.strip().splitlines()[-1:]}")
+        runs = {}
+        for task in recipes:
+            for seed in range(seeds):
+                results = json.loads(Path(out, "runs", task, f"seed{seed}", "results.json").read_text())
+                run = {**results["metrics"], "train_s": results["train_wall_seconds"]}
+                run["peak_rss_mb"] = results["peak_rss_mb"]  # of the whole apm glue process
+                runs.setdefault(task, []).append(run)
+    return runs, wall
 
 
 def spawn(peer: str, task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +273,13 @@ def main() -> int:
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--max-length", dest="max_length", type=int, default=None)
+    p.add_argument("--rows", type=int, default=None, help="the first N training rows (default: all)")
+    p.add_argument(
+        "--apm-runner",
+        choices=["fit", "glue"],
+        default="fit",
+        help="apm's side: one apm fit process per run, or one apm glue over all of them",
+    )
     p.add_argument("--metric", default="main", help="the score compared: main, or one metric (pearson)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -224,23 +289,35 @@ def main() -> int:
         print(json.dumps(run_trainer(task, int(seed), json.loads(hp))))
         return 0
     results: dict[str, Any] = {}
-    for task in args.tasks.split(","):
-        hp = recipe(task, args)
+    recipes = {task: {**recipe(task, args), "rows": args.rows} for task in args.tasks.split(",")}
+    peers = args.peers.split(",")
+    wall: dict[str, float] = {}
+    if args.apm_runner == "glue" and "apm" in peers:
+        print(f"apm glue over {', '.join(recipes)} x {args.seeds} seeds", flush=True)
+        runs, wall["apm"] = run_apm_glue(recipes, args.seeds)
+        for task, task_runs in runs.items():
+            results.setdefault(task, {})["apm"] = task_runs
+            shown = " ".join(f"{100 * r[args.metric]:.2f}" for r in task_runs)
+            print(f"  {task}: apm {args.metric} by seed {shown}", flush=True)
+        peers.remove("apm")
+    for task, hp in recipes.items():
         print(f"{task}: {hp}", flush=True)
-        for peer in args.peers.split(","):
+        for peer in peers:
             for seed in range(args.seeds):
                 start = time.perf_counter()
                 run = spawn(peer, task, seed, hp)
                 run["wall_s"] = time.perf_counter() - start
+                wall[peer] = wall.get(peer, 0.0) + run["wall_s"]
                 results.setdefault(task, {}).setdefault(peer, []).append(run)
                 print(
                     f"  {peer:8s} seed {seed}: {args.metric} {100 * run[args.metric]:.2f}  train {run['train_s']:.0f} s",
                     flush=True,
                 )
     print(
-        "\n| task | apm median | apm sd | Trainer median | Trainer sd | apm - Trainer | apm train s | Trainer train s |"
+        "\n| task | apm median | apm sd | Trainer median | Trainer sd | apm - Trainer | apm train s "
+        "| Trainer train s | apm peak RSS MB | Trainer peak RSS MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for task, peers in results.items():
         row = [task]
         medians = {}
@@ -252,9 +329,17 @@ def main() -> int:
         row.append(f"{medians['apm'] - medians['trainer']:+.2f}")
         for peer in ("apm", "trainer"):
             row.append(f"{sum(r['train_s'] for r in peers.get(peer, [])):.0f}")
+        for peer in ("apm", "trainer"):
+            row.append(f"{max((r.get('peak_rss_mb', 0) for r in peers.get(peer, [])), default=0):.0f}")
         print("| " + " | ".join(row) + " |")
+    if args.apm_runner == "glue" and len(wall) == 2:
+        print(
+            f"\nwall time, {len(recipes)} tasks x {args.seeds} seeds: one apm glue {wall['apm']:.0f} s, "
+            f"{len(recipes) * args.seeds} Trainer invocations {wall['trainer']:.0f} s, "
+            f"ratio (Trainer / apm) {wall['trainer'] / wall['apm']:.2f}"
+        )
     if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=1))
+        args.json_out.write_text(json.dumps({"runs": results, "wall_s": wall}, indent=1))
     return 0
 
 

@@ -55,7 +55,7 @@ def experiment_runs() -> list[tuple[str, ...]]:
     runs = [
         (str(p),)
         for p in sorted((REPO / "experiments").glob("[!m]*/*.yaml"))
-        if p.parent.name not in ("sweeps", "trainer", "pretrain", "compare_objectives")
+        if p.parent.name not in ("sweeps", "trainer", "pretrain", "compare_objectives", "glue_protocols")
         and p.relative_to(REPO / "experiments").as_posix() not in HUB_RECIPES
     ]
     for model in sorted((REPO / "experiments" / "models").glob("*.yaml")):
@@ -88,6 +88,7 @@ def test_every_experiment_config_is_covered():
     covered |= set((REPO / "experiments" / "trainer").glob("*.yaml"))  # see tests/test_multi_device.py
     covered |= set((REPO / "experiments" / "pretrain").glob("*.yaml"))  # see tests/test_pretraining.py
     covered |= set((REPO / "experiments" / "compare_objectives").glob("*.yaml"))  # tests/test_compare.py
+    covered |= set((REPO / "experiments" / "glue_protocols").glob("*.yaml"))  # tests/test_glue_grid.py
     covered |= {REPO / "experiments" / name for name in HUB_RECIPES}
     assert covered == set((REPO / "experiments").rglob("*.yaml"))
 

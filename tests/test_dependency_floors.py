@@ -32,6 +32,7 @@ EXTRAS = ("minilm", "postgres")
 # rather than of apm's own logic (the main job covers that); about 3 minutes on 2 cores.
 CROSS_SECTION = [
     "tests/test_library_compat.py",
+    "tests/test_first_position.py",
     "tests/test_optimizer_options.py::test_default_recipe_is_unchanged",
     "tests/test_optimizer_options.py::test_given_scheduler_steps_every_optimizer_step",
     "tests/test_optimizer_options.py::test_print_config_shows_the_options",

@@ -97,3 +97,42 @@ def test_apm_glue_grid_end_to_end(tmp_path, glue_dir):
     # A different grid into the same OUT is refused, not mixed in.
     changed = [a if a != "model.learning_rate=1e-5,3e-3" else "model.learning_rate=1e-4" for a in args]
     assert main(changed) == 2
+
+
+def test_protocol_file_gives_the_options_and_the_command_line_wins(tmp_path):
+    from apm_lightning.runners.glue_args import build_parser, protocol_argv
+
+    parser = build_parser(None)
+    shipped = protocol_argv(parser, "glue_protocols/minilm_grid", [])  # found as a shipped recipe
+    args, extra = parser.parse_known_args(shipped)
+    assert args.tasks == "cola,sst2,mrpc,stsb,rte" and args.seeds == 3 and not extra
+    assert args.grid == ["model.learning_rate=3e-5,5e-5,1e-4,2e-4"]
+
+    own = tmp_path / "protocol.yaml"
+    own.write_text("tasks: [rte, mrpc]\nseeds: 3\nno-submission: true\ngrid: model.learning_rate=1e-5,2e-5\n")
+    argv = ["--seeds", "1", "--grid", "data.batch_size=8,16"]
+    args, _ = parser.parse_known_args(protocol_argv(parser, str(own), argv))
+    assert (args.tasks, args.seeds, args.no_submission) == ("rte,mrpc", 1, True)
+    assert args.grid == ["data.batch_size=8,16"]  # the command line's list replaces the file's
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rate: 1e-4\n", "'learning_rate', which is not an apm glue option"),
+        ("tasks: [rte\n", "not valid YAML"),
+        ("- rte\n", "must map option names"),
+    ],
+)
+def test_bad_protocol_files_are_one_line(tmp_path, text, message):
+    from apm_lightning.cli import main
+
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(text)
+    out = tmp_path / "out"
+    with pytest.raises(APMError, match=message):
+        from apm_lightning.runners.glue import glue_main
+
+        glue_main(["--protocol", str(protocol), "--out", str(out)])
+    assert main(["glue", "--protocol", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+    assert not out.exists()

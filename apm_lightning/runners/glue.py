@@ -39,6 +39,7 @@ from apm_lightning.runners.glue_args import (
     model_args,
     parse_overrides,
     parse_tasks,
+    protocol_argv,
     unknown_options,
 )
 from apm_lightning.runners.glue_data import local_test_ids, missing_files, missing_reason, task_folder
@@ -258,7 +259,10 @@ class GlueRunner:
 
 
 def glue_main(argv: list[str]) -> dict[str, Any]:
-    args, extra = build_parser(__doc__).parse_known_args(argv)
+    parser = build_parser(__doc__)
+    args, extra = parser.parse_known_args(argv)
+    if args.protocol:
+        args, extra = parser.parse_known_args(protocol_argv(parser, args.protocol, argv))
     if args.seeds < 1:
         raise APMError("--seeds must be at least 1")
     check_output_dir(args.out, "--out")

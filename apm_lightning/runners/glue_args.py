@@ -29,6 +29,13 @@ PASS_THROUGH = (
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:
     p = command_parser("apm glue", description)
+    p.add_argument(
+        "--protocol",
+        default=None,
+        metavar="YAML",
+        help="a file of these options (tasks, seeds, grid, ...), e.g. experiments/glue_protocols/"
+        "minilm_grid.yaml; options given here replace the file's",
+    )
     p.add_argument("--model", default="minilm", help="backbone path/name, or a model config YAML")
     p.add_argument(
         "--tasks",
@@ -65,6 +72,43 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
     p.add_argument("--no-submission", action="store_true", help="skip test predictions and the zip")
     return p
+
+
+def protocol_argv(parser: argparse.ArgumentParser, path: str, argv: list[str]) -> list[str]:
+    """``--protocol FILE``'s options as command-line words, placed before ``argv`` so that an
+    option given there wins (a repeatable one, --grid or --override, replaces the file's list).
+    The file is data: only ``apm glue``'s own options are read from it."""
+    import yaml
+
+    from apm_lightning.core.recipes import resolve_config
+
+    path = resolve_config(path)  # a user's file, else the shipped one it names
+    if not Path(path).is_file():
+        raise APMError(f"--protocol: {path} not found (a YAML file of apm glue options)")
+    try:
+        options = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise APMError(f"--protocol: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(options, dict):
+        raise APMError(f"--protocol: {path} must map option names to values (tasks: cola,rte ...)")
+    # Each option's default tells its kind: a flag (False), repeatable (a list), or a value.
+    defaults = {k: v for k, v in vars(parser.parse_known_args([])[0]).items() if k != "protocol"}
+    words: list[str] = []
+    for key, value in options.items():
+        dest = str(key).replace("-", "_")
+        if dest not in defaults:
+            known = ", ".join(sorted(name.replace("_", "-") for name in defaults))
+            raise APMError(f"--protocol: {path} sets {key!r}, which is not an apm glue option ({known})")
+        flag, default = "--" + dest.replace("_", "-"), defaults[dest]
+        if default is False:
+            words += [flag] if value is True else []
+        elif isinstance(default, list):
+            given = any(a == flag or a.startswith(flag + "=") for a in argv)
+            values = value if isinstance(value, list) else [value]
+            words += [] if given else [w for v in values for w in (flag, str(v))]
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return words + argv
 
 
 def parse_tasks(text: str) -> list[str]:
