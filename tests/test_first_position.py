@@ -30,18 +30,20 @@ def classifier(model_type: str, attention: str, dropout: float = 0.0):
     return AutoModelForSequenceClassification.from_config(config)
 
 
-def batch() -> dict[str, torch.Tensor]:
+def batch(padded: bool = True) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(5, 200, (4, 11), generator=generator)
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 7:] = 0  # padded rows, of different lengths
-    attention_mask[3, 4:] = 0
+    if padded:  # rows of different lengths; unpadded, SDPA's mask may be None
+        attention_mask[1, 7:] = 0
+        attention_mask[3, 4:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 2, 1, 2])}
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
-def test_same_logits_and_gradients_as_the_full_layer(model_type, attention):
+def test_same_logits_and_gradients_as_the_full_layer(model_type, attention, padded):
     full = classifier(model_type, attention)
     rewritten = copy.deepcopy(full)
     assert first_position_last_layer(rewritten)
@@ -51,7 +53,7 @@ def test_same_logits_and_gradients_as_the_full_layer(model_type, attention):
 
     losses = []
     for net in (full, rewritten):
-        output = net(**batch())
+        output = net(**batch(padded))
         output.loss.backward()
         losses.append(output)
     torch.testing.assert_close(losses[1].logits, losses[0].logits, atol=1e-5, rtol=1e-4)
