@@ -152,6 +152,22 @@ def test_optuna_adapters(tmp_path):
     assert compat.tpe_settings(optuna.samplers.TPESampler(constant_liar=False))["constant_liar"] is False
 
 
+def test_transformers_attention_implementation():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    for name in ("sdpa", "eager"):
+        net = AutoModelForSequenceClassification.from_config(config, attn_implementation=name)
+        assert compat.attention_implementation(net.config) == name
+
+
 def test_pgserver_pg_ctl():
     pytest.importorskip("pgserver")
     pg_ctl = compat.pg_ctl()
@@ -163,7 +179,7 @@ WRAPPED = {
     "_add_prefix", "_load", "_prefix", "_wandb_init", "_refresh_rate", "_should_check_val_fx",
     "_data_fetcher", "_should_skip_saving_checkpoint", "_monitor_candidates",
     "_save_none_monitor_checkpoint", "_signal_connector", "_experiment", "_fs", "_trainer",
-    "_log_hyperparams", "_parser", "_trial_id", "_storage", "pg_ctl",
+    "_log_hyperparams", "_parser", "_trial_id", "_storage", "pg_ctl", "_attn_implementation",
 }  # fmt: skip
 
 

@@ -23,6 +23,8 @@ from transformers.models.bert.modeling_bert import BertForSequenceClassification
 from transformers.models.electra.modeling_electra import ElectraForSequenceClassification, ElectraLayer
 from transformers.models.roberta.modeling_roberta import RobertaForSequenceClassification, RobertaLayer
 
+from apm_lightning.core.library_compat import attention_implementation
+
 
 class FirstPositionLayer:
     """Mixed in before a BERT-style layer class: the layer returns position 0 only, (B, 1, H)."""
@@ -90,7 +92,7 @@ def first_position_last_layer(net: Any) -> bool:
         and not getattr(config, "add_cross_attention", False)
         and not layer.chunk_size_feed_forward
         # the masks these two build are ones scaled_dot_product_attention takes as they are
-        and config._attn_implementation in ("eager", "sdpa")
+        and attention_implementation(config) in ("eager", "sdpa")
     )
     if plain:
         layer.__class__ = rewrite

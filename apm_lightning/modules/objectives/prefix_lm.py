@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.library_compat import attention_implementation
 from apm_lightning.modules.objectives.base import Objective, register_objective
 from apm_lightning.modules.objectives.keyed_random import keyed_uniform
 
@@ -50,7 +51,7 @@ class PrefixLM(Objective):
 
     def attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """The mask in the form the model's attention implementation takes."""
-        implementation = self.module.net.config._attn_implementation
+        implementation = attention_implementation(self.module.net.config)
         if implementation == "sdpa":
             return allowed  # torch's scaled_dot_product_attention: True takes part
         if implementation == "eager":
