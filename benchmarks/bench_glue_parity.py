@@ -46,6 +46,9 @@ TASKS = {
 }
 
 
+FLOATS = ("lr", "warmup_ratio", "weight_decay")
+
+
 def recipe(task: str, args: argparse.Namespace) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "experiments" / "glue" / f"{task}.yaml").read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
@@ -62,9 +65,6 @@ def recipe(task: str, args: argparse.Namespace) -> dict[str, Any]:
             chosen[key] = getattr(args, key)
     # YAML reads 5e-05 (no dot) as a string; the Trainer's AdamW needs the number.
     return {key: (float if key in FLOATS else int)(value) for key, value in chosen.items()}
-
-
-FLOATS = ("lr", "warmup_ratio", "weight_decay")
 
 
 # --------------------------------------------------------------------------- the Trainer peer
@@ -155,7 +155,7 @@ def run_trainer(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="parity_") as out:
         targs = TrainingArguments(
             output_dir=out,
-            learning_rate=float(hp["lr"]),
+            learning_rate=hp["lr"],
             per_device_train_batch_size=hp["batch_size"],
             per_device_eval_batch_size=128,
             num_train_epochs=hp["epochs"],
@@ -211,11 +211,16 @@ def run_apm(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"apm fit failed: {proc.stderr.strip().splitlines()[-1:]}")
-        results = json.loads(Path(out, "run", "results.json").read_text())
+        return apm_record(Path(out, "run", "results.json"))
+
+
+def apm_record(results_file: Path) -> dict[str, Any]:
+    """One apm run's dev metrics, training seconds and peak RSS, from its results.json."""
+    results = json.loads(results_file.read_text())
     return {
         **results["metrics"],
         "train_s": results["train_wall_seconds"],
-        "peak_rss_mb": results["peak_rss_mb"],
+        "peak_rss_mb": results["peak_rss_mb"],  # in-process apm glue: the whole process's
     }
 
 
@@ -241,13 +246,12 @@ def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: int) -> tuple[dict[s
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"apm glue failed: {proc.stderr.strip().splitlines()[-1:]}")
-        runs = {}
-        for task in recipes:
-            for seed in range(seeds):
-                results = json.loads(Path(out, "runs", task, f"seed{seed}", "results.json").read_text())
-                run = {**results["metrics"], "train_s": results["train_wall_seconds"]}
-                run["peak_rss_mb"] = results["peak_rss_mb"]  # of the whole apm glue process
-                runs.setdefault(task, []).append(run)
+        runs = {
+            task: [
+                apm_record(Path(out, "runs", task, f"seed{seed}", "results.json")) for seed in range(seeds)
+            ]
+            for task in recipes
+        }
     return runs, wall
 
 

@@ -25,9 +25,8 @@ def classifier(model_type: str, attention: str, dropout: float = 0.0):
         **({"embedding_size": 32} if model_type == "electra" else {}),
         **TINY,
     )
-    config._attn_implementation = attention
     torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
 
 
 def batch(padded: bool = True) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Every private (underscore) member of Lightning, Optuna, pgserver and transformers that apm uses, one small
-function each, in one place.
+"""Every private (underscore) member of Lightning, Optuna, pgserver and transformers that apm
+uses, one small function each, in one place.
 
 apm needs a few things those libraries do not expose: Lightning's checkpoint loader and
 ``ModelCheckpoint``'s save steps (``last.ckpt`` mid-epoch), the loop's "validation follows this
@@ -9,12 +9,13 @@ step counter (corrected after a resume from a stop at an epoch's end), the
 trainer a module is attached to (without the property's error), the data module's flag that
 logs its hyper-parameters, LightningCLI's parser; Optuna's storage key of a trial, a study's
 storage and a trial rebuilt from its key (the pruning callback in a child process); pgserver's
-``pg_ctl``; a transformers config's attention implementation (which mask form a model takes). A library release that renames one of them breaks here, and
-``tests/test_library_compat.py`` calls every function against the installed versions and
-names the member that changed.
+``pg_ctl``; a transformers config's attention implementation (which mask form a model takes).
+A library release that renames one of them breaks here, and ``tests/test_library_compat.py``
+calls every function against the installed versions and names the member that changed.
 
 Checked against lightning 2.4-2.6 (2.6.6 installed when written), optuna 4.0-5.0 (5.0.0),
-pgserver 0.1.4 and transformers 5.0-5.24. Imports are inside the functions: ``apm --help`` imports no torch.
+pgserver 0.1.4 and transformers 5.0-5.24. Imports are inside the functions: ``apm --help``
+imports no torch.
 """
 
 from __future__ import annotations
