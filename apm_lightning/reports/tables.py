@@ -12,12 +12,14 @@ real task: the row's ``data`` is ``synthetic`` and :func:`group_key` puts them i
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from apm_lightning.core.errors import APMError
+from apm_lightning.core.files import write_text_atomic
 from apm_lightning.metrics.glue_score import summarize
 
 # Metric columns in a stable order; anything else a run reports follows them.
@@ -192,14 +194,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    """Plain values (scores in 0-1), written to a temporary file and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
-    tmp.replace(path)
-    return path
+    """Plain values (scores in 0-1), written atomically: several sweep workers may write the
+    same table at the same moment, so each goes through a temporary file of its own."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+    return write_text_atomic(path, text.getvalue())

@@ -4,9 +4,11 @@ study created or joined by racing workers, and the summary files (``trials.csv``
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,42 @@ def open_storage(url: str, heartbeat: bool = True, heartbeat_interval: int = HEA
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
 
 
+RACES = (
+    "OperationalError",
+    "IntegrityError",
+    "ProgrammingError",
+    "DuplicatedStudyError",
+    "StorageInternalError",
+)
+SCHEMA_LOCK_KEY = 0x61706D5F7377  # "apm_sw": the advisory lock apm sweep workers share
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock while the storage is opened. Optuna creates its
+    tables when they are missing, unguarded; workers doing so at once collide in PostgreSQL's
+    catalog (a duplicate key, or "relation already exists" when one commits between another's
+    check and its CREATE), and 3 of 4 workers released together did. Taking turns, each finds
+    the tables of the one before. SQLite serialises its writers itself."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
+    finally:
+        engine.dispose()
+
+
 def open_study(
     spec: SweepSpec,
     url: str,
@@ -49,25 +87,28 @@ def open_study(
     sampler_seed: int | None = None,
     heartbeat_interval: int = HEARTBEAT_SECONDS,
 ):
-    """Create the study or join it; workers starting together may race to create the tables
-    and the study, so a failed attempt is retried."""
+    """Create the study or join it. Workers starting together all find the tables missing and
+    create them at once; on PostgreSQL they take turns (:func:`_schema_lock`), and an attempt
+    that still collides (with another program creating the tables) is retried."""
     import optuna
 
     sampler, pruner = build_sampler(spec.sampler, sampler_seed), build_pruner(spec.pruner)
     for attempt in range(6):
         try:
-            study = optuna.create_study(
-                storage=open_storage(url, heartbeat_interval=heartbeat_interval),
-                study_name=study_name,
-                direction=spec.direction,
-                load_if_exists=True,
-                sampler=sampler,
-                pruner=pruner,
-            )
+            with _schema_lock(url):
+                study = optuna.create_study(
+                    storage=open_storage(url, heartbeat_interval=heartbeat_interval),
+                    study_name=study_name,
+                    direction=spec.direction,
+                    load_if_exists=True,
+                    sampler=sampler,
+                    pruner=pruner,
+                )
             break
         except Exception as err:
-            # Only lock and uniqueness conflicts are races; a bad URL or driver fails at once.
-            racing = type(err).__name__ in ("OperationalError", "IntegrityError", "DuplicatedStudyError")
+            # Only lock, uniqueness and "already exists" conflicts are races (Optuna wraps some
+            # in StorageInternalError); a bad URL or driver fails at once.
+            racing = type(err).__name__ in RACES
             if attempt == 5 or not racing:
                 raise APMError(
                     f"could not open study {study_name} at {redact_url(url)}: {redact_url(str(err))}"
