@@ -35,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 # benchlib sets the offline, quiet environment before any Hugging Face import.
-from benchlib import DATA_ROOT, PEER_ERRORS, REPO, ratio, require_bench_extras, trainer_length_grouping
+from benchlib import (
+    DATA_ROOT,
+    PEER_ERRORS,
+    REPO,
+    make_ratio,
+    print_ratios,
+    ratio,
+    require_bench_extras,
+    trainer_length_grouping,
+)
 
 HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
 # Accuracy is compared with the Trainer doing the same work as apm: dynamic padding and
@@ -250,35 +259,24 @@ def report(
     apm_tps = get("apm", "train_examples_per_second")
     acc_gap = None if apm_acc is None or ref_acc is None else 100 * (apm_acc - ref_acc)
     # (name, measured value, minimum or None: reported only); accuracy is a difference in points.
-    targets = [
-        (acc_name, acc_gap, -0.5),
-        (
-            "apm ex/s / hf_pad128 ex/s",
-            ratio(apm_tps, get("hf_pad128", "train_examples_per_second")),
-            1.5,
+    ratios = [
+        make_ratio(acc_name, acc_gap, -0.5),
+        make_ratio(
+            "apm ex/s / hf_pad128 ex/s", ratio(apm_tps, get("hf_pad128", "train_examples_per_second")), 1.5
         ),
-        (
+        make_ratio(
             "apm ex/s / hf_dynamic_grouped ex/s",
             ratio(apm_tps, get("hf_dynamic_grouped", "train_examples_per_second")),
             1.2,
         ),
-        (
+        make_ratio(
             "apm ex/s / apm_full_layer ex/s",
             ratio(apm_tps, get("apm_full_layer", "train_examples_per_second")),
             None,
         ),
     ]
-    print(f"\n{'target':<46}{'value':>9}{'need':>8}  verdict")
-    out = []
-    for name, value, need in targets:
-        verdict = (
-            "n/a" if value is None else "report" if need is None else ("PASS" if value >= need else "FAIL")
-        )
-        shown = "-" if value is None else f"{value:.2f}"
-        wanted = "" if need is None else ">=" + format(need, "g")
-        print(f"{name:<46}{shown:>9}{wanted:>8}  {verdict}")
-        out.append({"target": name, "value": value, "min": need, "verdict": verdict})
-    return out
+    print_ratios(ratios)
+    return ratios
 
 
 def accuracy_spread(args: argparse.Namespace, results: dict, run_peer) -> dict[str, list[float]]:
@@ -389,11 +387,11 @@ def main() -> int:
         print(f"--- {peer} took {dt:.1f}s incl. startup/tokenize/eval", flush=True)
 
     spread = accuracy_spread(args, results, run_peer) if args.accuracy_seeds > 1 else {}
-    targets = report(results, errors, spread)
+    ratios = report(results, errors, spread)
     if args.json_out:
         workload = {k: str(v) for k, v in vars(args).items() if k != "_child"}
         payload = {"hardware": hardware, "workload": workload, "results": results}
-        payload |= {"errors": errors, "targets": targets, "accuracy_by_seed": spread}
+        payload |= {"errors": errors, "ratios": ratios, "accuracy_by_seed": spread}
         args.json_out.write_text(json.dumps(payload, indent=2))
         print(f"\nwrote {args.json_out}")
     return 1 if errors else 0

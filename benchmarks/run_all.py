@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO, make_ratio, print_ratios, require_bench_extras, target_text, verdict_text
+from benchlib import REPO, print_ratios, require_bench_extras, target_text, verdict_text
 
 HERE = Path(__file__).resolve().parent
 # name -> (script, args of the full run, args of the smoke run)
@@ -45,7 +45,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
 
 
 def glue_to_common(data: dict[str, Any]) -> dict[str, Any]:
-    """bench_glue_finetune.py's JSON (targets with min/verdict, results per peer) -> rows/ratios."""
+    """bench_glue_finetune.py's JSON (results per peer, benchlib ratios) -> rows/ratios."""
     rows = []
     for peer, r in data.get("results", {}).items():
         rows.append(
@@ -54,7 +54,7 @@ def glue_to_common(data: dict[str, Any]) -> dict[str, Any]:
         rows.append(
             {"benchmark": "glue_sst2", "peer": peer, "value": 100 * r["accuracy"], "unit": "dev acc %"}
         )
-    ratios = [make_ratio(f"glue: {t['target']}", t["value"], t["min"]) for t in data.get("targets", [])]
+    ratios = [{**r, "name": f"glue: {r['name']}"} for r in data.get("ratios", [])]
     return {
         "rows": rows,
         "ratios": ratios,
