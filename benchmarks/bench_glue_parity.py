@@ -215,13 +215,26 @@ def run_apm(task: str, seed: int, hp: dict[str, Any]) -> dict[str, Any]:
 
 
 def apm_record(results_file: Path) -> dict[str, Any]:
-    """One apm run's dev metrics, training seconds and peak RSS, from its results.json."""
+    """One apm run's dev metrics, training seconds and peak RSS, from its results.json. apm
+    reports the dev scores of its best epoch; the Trainer (run_glue) those of its last, so the
+    last epoch's are kept too (``last_epoch``), from the run's metrics.csv."""
     results = json.loads(results_file.read_text())
     return {
         **results["metrics"],
+        "last_epoch": last_epoch_scores(results_file.parent / "csv" / "metrics.csv", results["epochs"]),
         "train_s": results["train_wall_seconds"],
         "peak_rss_mb": results["peak_rss_mb"],  # in-process apm glue: the whole process's
     }
+
+
+def last_epoch_scores(metrics_csv: Path, epochs: int) -> dict[str, float]:
+    """The dev scores of the last validation during training. The row logged at epoch ==
+    ``epochs`` (after the last epoch) is the best checkpoint scored again, so it is skipped."""
+    with metrics_csv.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/main") and r["epoch"] and int(r["epoch"]) < epochs]
+    if not rows:
+        return {}
+    return {k[4:]: float(v) for k, v in rows[-1].items() if k.startswith("val/") and k != "val/loss" and v}
 
 
 def fit_options(hp: dict[str, Any]) -> str:
@@ -325,17 +338,31 @@ def main() -> int:
     for task, peers in results.items():
         row = [task]
         medians = {}
-        for peer in ("apm", "trainer"):
+        for peer in ("apm", "trainer"):  # "-" where a peer did not run (--peers)
             mains = [100 * r[args.metric] for r in peers.get(peer, [])]
-            medians[peer] = statistics.median(mains) if mains else float("nan")
-            sd = statistics.stdev(mains) if len(mains) > 1 else float("nan")
-            row += [f"{medians[peer]:.2f}", f"{sd:.2f}"]
-        row.append(f"{medians['apm'] - medians['trainer']:+.2f}")
+            medians[peer] = statistics.median(mains) if mains else None
+            row.append(f"{medians[peer]:.2f}" if mains else "-")
+            row.append(f"{statistics.stdev(mains):.2f}" if len(mains) > 1 else "-")
+        both = medians["apm"] is not None and medians["trainer"] is not None
+        row.append(f"{medians['apm'] - medians['trainer']:+.2f}" if both else "-")
         for peer in ("apm", "trainer"):
             row.append(f"{sum(r['train_s'] for r in peers.get(peer, [])):.0f}")
         for peer in ("apm", "trainer"):
             row.append(f"{max((r.get('peak_rss_mb', 0) for r in peers.get(peer, [])), default=0):.0f}")
         print("| " + " | ".join(row) + " |")
+    # Like with like: apm's last epoch against the Trainer's last (the table above: apm's best).
+    print("\n| task | apm best-epoch median | apm last-epoch median | Trainer median | apm last - Trainer |")
+    print("|---|---:|---:|---:|---:|")
+    for task, peers in results.items():
+        best = [100 * r[args.metric] for r in peers.get("apm", [])]
+        last = [
+            100 * r["last_epoch"][args.metric] for r in peers.get("apm", []) if args.metric in r["last_epoch"]
+        ]
+        ref = [100 * r[args.metric] for r in peers.get("trainer", [])]
+        cells = [statistics.median(x) if x else None for x in (best, last, ref)]
+        gap = cells[1] - cells[2] if cells[1] is not None and cells[2] is not None else None
+        shown = ["-" if v is None else f"{v:.2f}" for v in cells] + ["-" if gap is None else f"{gap:+.2f}"]
+        print(f"| {task} | " + " | ".join(shown) + " |")
     if args.apm_runner == "glue" and len(wall) == 2:
         print(
             f"\nwall time, {len(recipes)} tasks x {args.seeds} seeds: one apm glue {wall['apm']:.0f} s, "
