@@ -41,7 +41,16 @@ def base(glue: Path) -> list[str]:
 def apm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "apm_lightning", *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd, preexec_fn=sigint_default
+    )
+
+
+def sigint_default() -> None:
+    """A shell's background job (``cmd &`` without job control) starts with SIGINT ignored, and
+    Python then ignores Ctrl-C too: the Ctrl-C test's run would never stop (a CI launched that
+    way failed so). Each apm run here gets the default, as a terminal's foreground job has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kill_at(batch: int, sig: str = "KILL") -> list[str]:
