@@ -335,9 +335,10 @@ def main() -> int:
         "| Trainer train s | apm peak RSS MB | Trainer peak RSS MB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    medians_by_task: dict[str, dict[str, float | None]] = {}
     for task, peers in results.items():
         row = [task]
-        medians = {}
+        medians = medians_by_task[task] = {}
         for peer in ("apm", "trainer"):  # "-" where a peer did not run (--peers)
             mains = [100 * r[args.metric] for r in peers.get(peer, [])]
             medians[peer] = statistics.median(mains) if mains else None
@@ -354,12 +355,11 @@ def main() -> int:
     print("\n| task | apm best-epoch median | apm last-epoch median | Trainer median | apm last - Trainer |")
     print("|---|---:|---:|---:|---:|")
     for task, peers in results.items():
-        best = [100 * r[args.metric] for r in peers.get("apm", [])]
         last = [
             100 * r["last_epoch"][args.metric] for r in peers.get("apm", []) if args.metric in r["last_epoch"]
         ]
-        ref = [100 * r[args.metric] for r in peers.get("trainer", [])]
-        cells = [statistics.median(x) if x else None for x in (best, last, ref)]
+        medians = medians_by_task[task]
+        cells = [medians["apm"], statistics.median(last) if last else None, medians["trainer"]]
         gap = cells[1] - cells[2] if cells[1] is not None and cells[2] is not None else None
         shown = ["-" if v is None else f"{v:.2f}" for v in cells] + ["-" if gap is None else f"{gap:+.2f}"]
         print(f"| {task} | " + " | ".join(shown) + " |")
