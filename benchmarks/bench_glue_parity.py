@@ -5,7 +5,9 @@ Each (task, seed) runs once with apm (`apm fit -c experiments/glue/<task>.yaml`)
 AdamW, linear schedule, gradient clipping 1.0), each in its own process, one after the other.
 Hyper-parameters come from the task's recipe unless overridden here, and both peers get the same
 ones. Prints per task: both medians and standard deviations of the main dev score, the
-difference of the medians, and the training time.
+differences of the medians and of the means, the training time and its ratio (Trainer seconds /
+apm seconds: apm's training examples/s over the Trainer's, as both train the same examples).
+``--first-seed`` adds seeds to an earlier run's (``--seeds 3 --first-seed 3``: seeds 3-5).
 
   python benchmarks/bench_glue_parity.py --tasks stsb --seeds 3 --epochs 1 --lr 5e-5 \\
       --warmup-ratio 0 --weight-decay 0        # the STS-B check of the GLUE-reproduction issue
@@ -245,11 +247,12 @@ def fit_options(hp: dict[str, Any]) -> str:
     return options + (f" --data.max_train_samples {hp['rows']}" if hp.get("rows") else "")
 
 
-def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: int) -> tuple[dict[str, list], float]:
+def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: range) -> tuple[dict[str, list], float]:
     """One ``apm glue`` over every task and seed -> ({task: [metrics per seed]}, wall seconds)."""
     with tempfile.TemporaryDirectory(prefix="parity_glue_") as out:
         cmd = [sys.executable, "-m", "apm_lightning", "glue", "--tasks", ",".join(recipes)]
-        cmd += ["--seeds", str(seeds), "--data-dir", str(Path(DATA_ROOT) / "glue"), "--out", out]
+        cmd += ["--seeds", str(len(seeds)), "--first-seed", str(seeds.start)]
+        cmd += ["--data-dir", str(Path(DATA_ROOT) / "glue"), "--out", out]
         cmd += ["--launcher", "inprocess", "--no-submission", "--wandb_mode", "disabled"]
         cmd += ["--trainer.enable_progress_bar", "false", "--trainer.gradient_clip_val", "1.0"]
         for task, hp in recipes.items():
@@ -260,9 +263,7 @@ def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: int) -> tuple[dict[s
         if proc.returncode != 0:
             raise RuntimeError(f"apm glue failed: {proc.stderr.strip().splitlines()[-1:]}")
         runs = {
-            task: [
-                apm_record(Path(out, "runs", task, f"seed{seed}", "results.json")) for seed in range(seeds)
-            ]
+            task: [apm_record(Path(out, "runs", task, f"seed{seed}", "results.json")) for seed in seeds]
             for task in recipes
         }
     return runs, wall
@@ -283,6 +284,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="stsb", help="comma-separated: " + ",".join(TASKS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--first-seed", dest="first_seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1"
+    )
     p.add_argument("--peers", default="apm,trainer")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -308,10 +312,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     recipes = {task: {**recipe(task, args), "rows": args.rows} for task in args.tasks.split(",")}
     peers = args.peers.split(",")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     wall: dict[str, float] = {}
     if args.apm_runner == "glue" and "apm" in peers:
-        print(f"apm glue over {', '.join(recipes)} x {args.seeds} seeds", flush=True)
-        runs, wall["apm"] = run_apm_glue(recipes, args.seeds)
+        print(f"apm glue over {', '.join(recipes)} x seeds {seeds.start}-{seeds.stop - 1}", flush=True)
+        runs, wall["apm"] = run_apm_glue(recipes, seeds)
         for task, task_runs in runs.items():
             results.setdefault(task, {})["apm"] = task_runs
             shown = " ".join(f"{100 * r[args.metric]:.2f}" for r in task_runs)
@@ -320,7 +325,7 @@ def main() -> int:
     for task, hp in recipes.items():
         print(f"{task}: {hp}", flush=True)
         for peer in peers:
-            for seed in range(args.seeds):
+            for seed in seeds:
                 start = time.perf_counter()
                 run = spawn(peer, task, seed, hp)
                 run["wall_s"] = time.perf_counter() - start
@@ -331,23 +336,29 @@ def main() -> int:
                     flush=True,
                 )
     print(
-        "\n| task | apm median | apm sd | Trainer median | Trainer sd | apm - Trainer | apm train s "
-        "| Trainer train s | apm peak RSS MB | Trainer peak RSS MB |"
+        "\n| task | apm median | apm sd | Trainer median | Trainer sd | apm - Trainer (medians) "
+        "| apm - Trainer (means) | apm train s | Trainer train s | Trainer s / apm s "
+        "| apm peak RSS MB | Trainer peak RSS MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     medians_by_task: dict[str, dict[str, float | None]] = {}
     for task, peers in results.items():
         row = [task]
         medians = medians_by_task[task] = {}
+        means: dict[str, float] = {}
         for peer in ("apm", "trainer"):  # "-" where a peer did not run (--peers)
             mains = [100 * r[args.metric] for r in peers.get(peer, [])]
             medians[peer] = statistics.median(mains) if mains else None
+            if mains:
+                means[peer] = statistics.fmean(mains)
             row.append(f"{medians[peer]:.2f}" if mains else "-")
             row.append(f"{statistics.stdev(mains):.2f}" if len(mains) > 1 else "-")
         both = medians["apm"] is not None and medians["trainer"] is not None
         row.append(f"{medians['apm'] - medians['trainer']:+.2f}" if both else "-")
-        for peer in ("apm", "trainer"):
-            row.append(f"{sum(r['train_s'] for r in peers.get(peer, [])):.0f}")
+        row.append(f"{means['apm'] - means['trainer']:+.2f}" if both else "-")
+        train_s = {peer: sum(r["train_s"] for r in peers.get(peer, [])) for peer in ("apm", "trainer")}
+        row += [f"{train_s['apm']:.0f}", f"{train_s['trainer']:.0f}"]
+        row.append(f"{train_s['trainer'] / train_s['apm']:.2f}" if both else "-")
         for peer in ("apm", "trainer"):
             row.append(f"{max((r.get('peak_rss_mb', 0) for r in peers.get(peer, [])), default=0):.0f}")
         print("| " + " | ".join(row) + " |")
@@ -365,12 +376,14 @@ def main() -> int:
         print(f"| {task} | " + " | ".join(shown) + " |")
     if args.apm_runner == "glue" and len(wall) == 2:
         print(
-            f"\nwall time, {len(recipes)} tasks x {args.seeds} seeds: one apm glue {wall['apm']:.0f} s, "
-            f"{len(recipes) * args.seeds} Trainer invocations {wall['trainer']:.0f} s, "
+            f"\nwall time, {len(recipes)} tasks x {len(seeds)} seeds: one apm glue {wall['apm']:.0f} s, "
+            f"{len(recipes) * len(seeds)} Trainer invocations {wall['trainer']:.0f} s, "
             f"ratio (Trainer / apm) {wall['trainer'] / wall['apm']:.2f}"
         )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"runs": results, "wall_s": wall}, indent=1))
+        args.json_out.write_text(
+            json.dumps({"seeds": list(seeds), "runs": results, "wall_s": wall}, indent=1)
+        )
     return 0
 
 
