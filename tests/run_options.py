@@ -10,6 +10,15 @@ from conftest import DATA
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = DATA / "corpus" / "wikitext-2-raw" / "wiki.valid.raw"
 
+
+def one_line_error(capsys) -> str:
+    """The last line of an in-process ``main`` run's stderr: an ``apm: error:`` line, no traceback."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err and err[-1].startswith("apm: error: "), err
+    return err[-1]
+
+
 QUIET = [
     "--wandb_mode=disabled",
     "--trainer.enable_progress_bar=false",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import GLUE
+from run_options import one_line_error
 
 from apm_lightning.cli import main
 
@@ -46,13 +47,6 @@ def run_fit(task: str, data_dir: Path, run_dir: Path, *extra, model: str = TINY)
             *map(str, extra),
         ]
     )
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(err)
-    assert err and err[-1].startswith("apm: error: "), err
-    return err[-1]
 
 
 def sst2_copy(tmp_path: Path, train_lines: list[str] | None = None, dev: str | None = None) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GLUE
+from run_options import one_line_error
 
 from apm_lightning.cli import main
 
@@ -42,13 +43,6 @@ TINY_BERT = {
 def apm(command: str, *args: str, data_dir: Path = GLUE, model: tuple[str, ...] = (TINY,)) -> int:
     configs = [x for m in model for x in ("-c", m)]
     return main([command, "-c", RTE, *configs, "--data.data_dir", str(data_dir), *SMALL, *QUIET, *args])
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(err)
-    assert err and err[-1].startswith("apm: error: "), err
-    return err[-1]
 
 
 @pytest.fixture(scope="module")

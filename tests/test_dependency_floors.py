@@ -55,7 +55,7 @@ DESELECT = ["tests/test_objectives.py::test_losses_are_those_of_the_code_before_
 # Whole extra apm processes that test apm's own logic (a killed sweep worker, the worked example's
 # run, the exit code of a refused input), which the main job covers at the newest releases; the
 # library APIs they touch run in the other tests of their files. Leaving them out here keeps
-# about 35 s of CI time.
+# about 33 s of CI time.
 DESELECT += [
     "tests/test_sweep_postgres.py::test_three_workers_one_killed_mid_trial",
     "tests/test_objectives.py::test_the_worked_example_trains_as_a_real_apm_process",

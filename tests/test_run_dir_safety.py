@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_options import QUIET
+from run_options import QUIET, one_line_error
 
 from apm_lightning.cli import main
 
@@ -45,14 +45,6 @@ def apm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env=env, preexec_fn=sigint_default
     )
-
-
-def apm_here(capsys, *args: str) -> tuple[int, str]:
-    """``apm ARGS`` in this process: (exit code, the last line of stderr)."""
-    capsys.readouterr()
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err[-1] if err else ""
 
 
 def sigint_default() -> None:
@@ -98,8 +90,8 @@ def trained(glue_dir, tmp_path_factory) -> Path:
 
 def test_fresh_fit_into_a_used_run_dir_is_refused(trained, glue_dir, capsys):
     before = snapshot(trained)
-    code, err = apm_here(capsys, "fit", *base(glue_dir), "--trainer.default_root_dir", str(trained))
-    assert code == 2
+    assert main(["fit", *base(glue_dir), "--trainer.default_root_dir", str(trained)]) == 2
+    err = one_line_error(capsys)
     assert err.startswith(f"apm: error: run dir {trained} already holds a run (results.json, checkpoints/"), (
         err
     )
@@ -127,9 +119,8 @@ def test_a_live_lock_refuses_a_second_process_and_a_stale_one_does_not(trained, 
         assert locker.stdout.readline().strip() == "locked"
         assert (run / ".lock").read_text().strip() == str(locker.pid)
         before = snapshot(run)
-        code, err = apm_here(capsys, *resume)
-        assert code == 2
-        assert err == (
+        assert main(resume) == 2
+        assert one_line_error(capsys) == (
             f"apm: error: {run} is in use by another apm process (pid {locker.pid}); wait for it to "
             "end or choose another --trainer.default_root_dir"
         )
@@ -223,8 +214,8 @@ def test_evaluation_and_prediction_write_only_their_own_outputs(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    code, err = apm_here(capsys, "fit", *base(glue_dir), "--data.data_dir", str(empty))
-    assert code == 2 and err.startswith("apm: error:"), err
+    assert main(["fit", *base(glue_dir), "--data.data_dir", str(empty)]) == 2
+    one_line_error(capsys)
     assert list(work.iterdir()) == []
 
 
