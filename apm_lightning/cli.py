@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         # Paths and URLs in a message may hold a token or password.
         print(f"apm: error: {redact_text(str(cause))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("apm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        # A runner's RunStopped says what became of the run in progress, and which signal it was.
+        print(f"apm: {redact_text(str(stop))}" if str(stop) else "apm: interrupted", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     return 0
 
 

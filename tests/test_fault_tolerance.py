@@ -224,3 +224,72 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     # A fresh fit (no --ckpt_path) into the same directory is refused: it would replace the run.
     assert main(args) == 2
     assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [("TERM", 143, "SIGTERM"), ("INT", 130, "Ctrl-C")])
+def test_a_runner_passes_its_signal_to_the_run_and_stops(tmp_path, monkeypatch, sig, code, name):
+    """SIGTERM or SIGINT sent to a runner's process alone (a scheduler, ``kill``) reaches the
+    child it is waiting for, once; the runner then stops instead of starting the next run. The
+    child is a stand-in interpreter that signals its parent and ends as ``apm fit`` does."""
+    from apm_lightning.runners import launch
+
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "n=0\n"
+        f'trap \'n=$((n+1)); echo "heard $n"; echo "apm: stopped by {name}; last.ckpt was saved"; exit {code}\' {sig}\n'
+        f"kill -{sig} $PPID\n"
+        "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"  # 10 s unless it hears it
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(fake))
+    log = tmp_path / "apm.log"
+    before = signal.getsignal(getattr(signal, f"SIG{sig}"))
+    with pytest.raises(launch.RunStopped) as stop:
+        launch.run_apm(["fit", "-c", "recipe.yaml"], log)
+    assert stop.value.exit_code == code
+    assert str(stop.value) == (
+        f"stopped by {name}; the run in progress saved last.ckpt (log: {log}); "
+        "the same command continues where it stopped"
+    )
+    assert log.read_text().splitlines()[1] == "heard 1"  # once: not also from the process group
+    assert signal.getsignal(getattr(signal, f"SIG{sig}")) is before  # the runner's own handling is back
+
+
+def test_sigterm_to_apm_glue_stops_its_training_child_and_the_same_command_resumes(tmp_path):
+    """A real ``apm glue``: its child ``apm fit`` sends SIGTERM to the runner's pid only, at batch 3.
+    The child ends its batch, saves last.ckpt and exits; the runner exits 143 with one line and
+    leaves no process training. The same command resumes that run from last.ckpt and finishes."""
+    out = tmp_path / "out"
+    killer = {"class_path": "apm_lightning.training.faults.KillAt"}
+    killer["init_args"] = {"batch": 3, "sig": "TERM", "target": "parent"}
+    args = ["glue", "--model", str(TINY), "--tasks", "rte", "--seeds", "1", "--data-dir", str(GLUE)]
+    args += ["--out", str(out), "--max-train-samples", "64", "--max-eval-samples", "16", "--epochs", "1"]
+    args += ["--no-submission", "--data.batch_size", "8", "--data.max_seq_length", "32"]
+    args += ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.enable_model_summary", "false", "--trainer.callbacks+", json.dumps(killer)]
+    p = subprocess.run(
+        [sys.executable, "-m", "apm_lightning", *args], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 143, p.stderr[-3000:]
+    run = out / "runs" / "rte" / "seed0"
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"apm: stopped by SIGTERM; the run in progress saved last.ckpt (log: {run / 'apm.log'}); "
+        "the same command continues where it stopped"
+    )
+    step = checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 3 <= step < 8 and not (run / "results.json").exists()  # 64 rows, batch 8: 8 steps
+    training = [c for c in Path("/proc").glob("[0-9]*/cmdline") if _reads(c).find(str(run)) >= 0]
+    assert training == []
+
+    assert main(args) == 0  # the child resumes (KillAt signals its parent once per run)
+    commands = [x for x in (run / "apm.log").read_text().splitlines() if x.startswith("$ apm fit")]
+    assert len(commands) == 2 and commands[1].endswith("--ckpt_path last")
+    assert json.loads((run / "results.json").read_text())["global_step"] == 8
+
+
+def _reads(path: Path) -> str:
+    try:
+        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # a process that ended while we looked
+        return ""

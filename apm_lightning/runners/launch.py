@@ -4,6 +4,12 @@
 OOM killer takes down that run only, and each run starts with fresh memory. ``inprocess`` skips
 the interpreter start-up (seconds per run), which is what the tests use. Either way a run that
 does not finish raises :class:`RunFailed` with a one-line reason.
+
+A runner asked to stop (SIGTERM from a scheduler or ``kill``, Ctrl-C) while a child trains
+passes the signal on and waits: the child ends its batch, saves ``last.ckpt`` and exits, and the
+runner then stops with :class:`RunStopped` instead of going on to the next run. The child runs in
+its own session so that it hears each signal once, from its runner (a terminal's Ctrl-C goes to
+the whole foreground process group, and a second SIGINT means "stop at once" to ``apm fit``).
 """
 
 from __future__ import annotations
@@ -14,14 +20,27 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 LAUNCHERS = ("subprocess", "inprocess")
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunFailed(Exception):
     """A run that did not finish; the message says why (and where its log is)."""
+
+
+class RunStopped(KeyboardInterrupt):
+    """This process got SIGINT or SIGTERM while a run was in progress, and that run has ended.
+    A KeyboardInterrupt, so that no runner takes it for one failed run and starts the next;
+    ``apm`` prints the message and exits with ``exit_code`` (128 + the signal's number)."""
+
+    def __init__(self, signum: int, detail: str) -> None:
+        self.exit_code = 128 + signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; {detail}; the same command continues where it stopped")
 
 
 def run_apm(
@@ -74,12 +93,48 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
     with log_file.open("a", encoding="utf-8") as log:  # a retry keeps the earlier attempt's log
         log.write(f"$ apm {shlex.join(args)}\n")
         log.flush()
-        code = subprocess.run(
-            [sys.executable, "-m", "apm_lightning", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_child_environment(env),
-        ).returncode
+        received: list[int] = []  # every forwarded signal
+        pending: list[int] = []  # those that came before the child existed
+        child: subprocess.Popen | None = None
+
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            if child is None:
+                pending.append(signum)
+            elif child.poll() is None:
+                child.send_signal(signum)
+
+        # Handlers live in the main thread only; elsewhere the child stays in this process
+        # group and hears a terminal's signals itself. A signal this process ignores (nohup,
+        # a background job's SIGINT) stays ignored.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {}
+        for signum in FORWARDED if in_main else ():
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, forward)
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "apm_lightning", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_child_environment(env),
+                start_new_session=in_main,
+            )
+            for signum in pending:
+                child.send_signal(signum)
+            code = child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if received:
+        reason = _reason_from_log(log_file, start)
+        if code == 0:
+            ended = "had finished"
+        elif "last.ckpt was saved" in reason:
+            ended = "saved last.ckpt"
+        else:
+            ended = f"ended ({describe_exit(code)}: {reason})"
+        raise RunStopped(received[0], f"the run in progress {ended} (log: {log_file})")
     if code != 0:
         reason = _reason_from_log(log_file, start)
         raise RunFailed(f"{describe_exit(code)}: {reason} (log: {log_file})")
@@ -94,6 +149,8 @@ def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
     try:
         run_lightning_cli(args)
     except SystemExit as err:  # the argument parser's way of refusing options
+        if err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the run saved last.ckpt
+            raise RunStopped(err.code - 128, "the run in progress saved last.ckpt") from None
         if err.code not in (0, None):
             raise RunFailed(f"the options were refused (exit status {err.code})") from None
     except Exception as err:

@@ -24,22 +24,35 @@ class KillAt(pl.Callback):
     - ``backward``: after its backward pass, before the optimizer step;
     - ``validation``: at the first validation batch after it;
     - ``save``: in the middle of writing the first checkpoint after it (a half-written file).
+
+    ``target="parent"`` signals the process that started this one instead (``apm glue``,
+    ``apm compare``, ``apm sweep``: a scheduler stopping the runner), once: a run resumed from a
+    checkpoint does not signal it again.
     """
 
-    def __init__(self, batch: int, where: str = "batch_start", sig: str = "KILL") -> None:
+    def __init__(
+        self, batch: int, where: str = "batch_start", sig: str = "KILL", target: str = "self"
+    ) -> None:
         if where not in WHERE:
             raise ValueError(f"where must be one of {WHERE}")
+        if target not in ("self", "parent"):
+            raise ValueError("target must be self or parent")
         self.batch = batch
         self.where = where
         self.signal = getattr(signal, f"SIG{sig.upper()}")
+        self.target = target
         self._armed = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.target == "parent" and trainer.ckpt_path is not None:
+            self._armed = False
 
     def _reached(self, trainer: pl.Trainer) -> bool:
         return self._armed and trainer.fit_loop.epoch_loop.batch_progress.total.ready >= self.batch
 
     def _fire(self) -> None:
         self._armed = False
-        os.kill(os.getpid(), self.signal)
+        os.kill(os.getppid() if self.target == "parent" else os.getpid(), self.signal)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.where == "batch_start" and self._reached(trainer):
