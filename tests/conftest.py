@@ -28,6 +28,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # A private cache for tokenized data, so tests neither read nor fill the user's cache.
 os.environ.setdefault("APM_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"apm-test-cache-{os.getpid()}"))
 
+# The README's command runs the suite in pytest-xdist workers, one per core. Each worker, and
+# every process a test starts (they inherit this environment), computes on one thread: two
+# processes with a thread per core each would oversubscribe the cores and slow each other 5-10x.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 # Lightning binds its log handler to sys.stderr when first imported; import it now, not inside
 # a test whose captured stream is closed afterwards (that turns later log lines into errors).
 import lightning.pytorch  # noqa: E402,F401

@@ -162,7 +162,7 @@ def test_gpu_trainer_configs_are_valid(capsys):
 def test_ci_workflow_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
     command = readme.strip().splitlines()[1]
-    assert command.endswith("python -m pytest -q")
+    assert command.endswith("python -m pytest -q -n 2 --dist loadfile")
     workflow = yaml.safe_load((REPO / ".github/workflows/tests.yml").read_text())
     steps = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert command in steps

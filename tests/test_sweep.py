@@ -154,6 +154,35 @@ def test_killed_trials_are_failed_and_the_study_goes_on(tmp_path, monkeypatch):
     assert (out / "trial-0001" / "apm.log").read_text().startswith("$ apm fit -c ")
 
 
+def test_a_stopped_worker_queues_its_trial_again(tmp_path, monkeypatch, capsys):
+    """SIGTERM to a sweep worker stops its trial's run (which saves last.ckpt) and the worker;
+    the trial's parameters are queued again, so the study still owes that trial. The child is a
+    stand-in interpreter that signals its parent and ends as ``apm fit`` does."""
+    from apm_lightning.runners import launch
+
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "trap 'echo \"apm: stopped by SIGTERM; last.ckpt was saved\"; exit 143' TERM\n"
+        "kill -TERM $PPID\n"
+        "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(fake))
+    out = tmp_path / "sweep"
+    assert main(["sweep", "-c", TINY_SWEEP, "--n-trials", "2", "--out", str(out), *QUIET]) == 143
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith("apm: stopped by SIGTERM; the run in progress saved last.ckpt")
+    )
+    trials = load(out).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == trials[0].params and "queued again" in trials[0].user_attrs["error"]
+    assert sweep._counted(load(out)) == []  # the stopped trial does not count; its queued copy will
+
+
 def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):
     from apm_lightning.modules.classification import ClassifierModule
 

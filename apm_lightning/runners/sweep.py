@@ -45,7 +45,7 @@ from apm_lightning.core.checks import check_output_dir
 from apm_lightning.core.errors import APMError
 from apm_lightning.core.recipes import resolve_config
 from apm_lightning.core.redact import redact_text as redact_url
-from apm_lightning.runners.launch import LAUNCHERS, RunFailed, run_apm
+from apm_lightning.runners.launch import LAUNCHERS, RunFailed, RunStopped, run_apm
 
 # The sweep's parts, importable from here as before the split.
 from apm_lightning.runners.sweep_samplers import build_pruner, build_sampler  # noqa: F401
@@ -80,9 +80,7 @@ def _counted(study) -> list:
     import optuna
     from optuna.trial import TrialState
 
-    # The heartbeat retry callback's public reader (its class was renamed in Optuna 4.9).
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    retry = retry or optuna.storages.RetryFailedTrialCallback
+    retry = _retry_callback()
     trials = study.get_trials(deepcopy=False)
     with warnings.catch_warnings():  # "experimental" since Optuna 3.0, and unchanged since
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -94,6 +92,17 @@ def _counted(study) -> list:
         and not t.user_attrs.get("apm_skipped")
         and not (t.state == TrialState.FAIL and t.number in retried)
     ]
+
+
+def _retry_callback():
+    """Optuna's heartbeat retry callback class (renamed in Optuna 4.9): it queues a dead worker's
+    trial again and reads a trial's retry history."""
+    import optuna
+
+    return (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        or optuna.storages.RetryFailedTrialCallback
+    )
 
 
 class SweepWorker:
@@ -146,6 +155,15 @@ class SweepWorker:
         env = {STORAGE_ENV: self.url, "WANDB_RUN_GROUP": self.study.study_name}
         try:
             run_apm(self.trial_args(trial, params, run_dir), run_dir / "apm.log", self.launcher, env)
+        except RunStopped as stop:
+            # Stopped, not failed: queue the parameters again as Optuna does for a trial whose
+            # worker died, so that the study keeps its count and the same command runs them.
+            trial.set_user_attr("error", f"{stop}; queued again"[:500])
+            frozen = compat.study_storage(self.study).get_trial(compat.trial_storage_id(trial))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                _retry_callback()(max_retry=MAX_RETRY)(self.study, frozen)
+            raise
         except RunFailed as err:
             if (run_dir / PRUNED_FILE).is_file():
                 raise optuna.TrialPruned(json.loads((run_dir / PRUNED_FILE).read_text())["reason"]) from None
