@@ -226,18 +226,22 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
 
 
-@pytest.mark.parametrize(("sig", "code", "name"), [("TERM", 143, "SIGTERM"), ("INT", 130, "Ctrl-C")])
-def test_a_runner_passes_its_signal_to_the_run_and_stops(tmp_path, monkeypatch, sig, code, name):
-    """SIGTERM or SIGINT sent to a runner's process alone (a scheduler, ``kill``) reaches the
-    child it is waiting for, once; the runner then stops instead of starting the next run. The
-    child is a stand-in interpreter that signals its parent and ends as ``apm fit`` does."""
+@pytest.mark.parametrize(
+    ("sig", "heard", "code", "name"),
+    [("TERM", "TERM", 143, "SIGTERM"), ("INT", "INT", 130, "Ctrl-C"), ("HUP", "TERM", 129, "SIGHUP")],
+)
+def test_a_runner_passes_its_signal_to_the_run_and_stops(tmp_path, monkeypatch, sig, heard, code, name):
+    """SIGTERM, SIGINT or a hang-up sent to a runner's process alone (a scheduler, ``kill``, a
+    closed terminal) reaches the child it is waiting for, once (a hang-up as SIGTERM: save and
+    stop); the runner then stops instead of starting the next run. The child is a stand-in
+    interpreter that signals its parent and ends as ``apm fit`` does."""
     from apm_lightning.runners import launch
 
     fake = tmp_path / "python"
     fake.write_text(
         "#!/bin/sh\n"
         "n=0\n"
-        f'trap \'n=$((n+1)); echo "heard $n"; echo "apm: stopped by {name}; last.ckpt was saved"; exit {code}\' {sig}\n'
+        f'trap \'n=$((n+1)); echo "heard $n"; echo "apm: stopped; last.ckpt was saved"; exit 1\' {heard}\n'
         f"kill -{sig} $PPID\n"
         "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"  # 10 s unless it hears it
     )

@@ -5,8 +5,8 @@ OOM killer takes down that run only, and each run starts with fresh memory. ``in
 the interpreter start-up (seconds per run), which is what the tests use. Either way a run that
 does not finish raises :class:`RunFailed` with a one-line reason.
 
-A runner asked to stop (SIGTERM from a scheduler or ``kill``, Ctrl-C) while a child trains
-passes the signal on and waits: the child ends its batch, saves ``last.ckpt`` and exits, and the
+A runner asked to stop (SIGTERM from a scheduler or ``kill``, Ctrl-C, a hang-up) while a child
+trains passes the signal on and waits: the child ends its batch, saves ``last.ckpt`` and exits, and the
 runner then stops with :class:`RunStopped` instead of going on to the next run. The child runs in
 its own session so that it hears each signal once, from its runner (a terminal's Ctrl-C goes to
 the whole foreground process group, and a second SIGINT means "stop at once" to ``apm fit``).
@@ -25,7 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 LAUNCHERS = ("subprocess", "inprocess")
-FORWARDED = (signal.SIGINT, signal.SIGTERM)
+# The signal a runner gets -> the one its child gets. A hang-up (the terminal closed) reached the
+# child directly before it had its own session; it now stops it as a preemption does.
+FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM}
+if hasattr(signal, "SIGHUP"):
+    FORWARDED[signal.SIGHUP] = signal.SIGTERM
 
 
 class RunFailed(Exception):
@@ -102,7 +106,7 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
             if child is None:
                 pending.append(signum)
             elif child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(FORWARDED[signum])
 
         # Handlers live in the main thread only; elsewhere the child stays in this process
         # group and hears a terminal's signals itself. A signal this process ignores (nohup,
@@ -121,7 +125,7 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
                 start_new_session=in_main,
             )
             for signum in pending:
-                child.send_signal(signum)
+                child.send_signal(FORWARDED[signum])
             code = child.wait()
         finally:
             for signum, handler in previous.items():
