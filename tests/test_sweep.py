@@ -154,23 +154,30 @@ def test_killed_trials_are_failed_and_the_study_goes_on(tmp_path, monkeypatch):
     assert (out / "trial-0001" / "apm.log").read_text().startswith("$ apm fit -c ")
 
 
-def test_a_stopped_worker_queues_its_trial_again(tmp_path, monkeypatch, capsys):
+def test_a_stopped_worker_queues_its_trial_again_and_the_retry_continues_it(tmp_path, monkeypatch, capsys):
     """SIGTERM to a sweep worker stops its trial's run (which saves last.ckpt) and the worker;
-    the trial's parameters are queued again, so the study still owes that trial. The child is a
-    stand-in interpreter that signals its parent and ends as ``apm fit`` does."""
+    the trial's parameters are queued again, so the study still owes that trial, and the retry
+    continues the stopped run from its last.ckpt. The child is a stand-in interpreter: the first
+    writes last.ckpt, signals its parent and ends as ``apm fit`` does; the second fails."""
     from apm_lightning.runners import launch
 
-    fake = tmp_path / "python"
-    fake.write_text(
+    stopping = tmp_path / "stopping"
+    stopping.write_text(
         "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = "--trainer.default_root_dir" ] && dir=$2; shift; done\n'
+        'mkdir -p "$dir/checkpoints" && : > "$dir/checkpoints/last.ckpt"\n'
         "trap 'echo \"apm: stopped by SIGTERM; last.ckpt was saved\"; exit 143' TERM\n"
         "kill -TERM $PPID\n"
         "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"
     )
-    fake.chmod(0o755)
-    monkeypatch.setattr(launch.sys, "executable", str(fake))
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho 'apm: error: a stand-in'\nexit 2\n")
+    for fake in (stopping, failing):
+        fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(stopping))
     out = tmp_path / "sweep"
-    assert main(["sweep", "-c", TINY_SWEEP, "--n-trials", "2", "--out", str(out), *QUIET]) == 143
+    cmd = ["sweep", "-c", TINY_SWEEP, "--n-trials", "2", "--out", str(out), *QUIET]
+    assert main(cmd) == 143
     assert (
         capsys.readouterr()
         .err.strip()
@@ -180,7 +187,16 @@ def test_a_stopped_worker_queues_its_trial_again(tmp_path, monkeypatch, capsys):
     trials = load(out).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
     assert trials[1].params == trials[0].params and "queued again" in trials[0].user_attrs["error"]
+    assert "error" not in trials[1].user_attrs
     assert sweep._counted(load(out)) == []  # the stopped trial does not count; its queued copy will
+
+    # The same command: the queued copy runs first, in the stopped trial's folder, from last.ckpt.
+    monkeypatch.setattr(launch.sys, "executable", str(failing))
+    assert main(cmd) == 2
+    commands = [x for x in (out / "trial-0000" / "apm.log").read_text().splitlines() if x.startswith("$ apm")]
+    assert len(commands) == 2 and " --ckpt_path last " in commands[1] and "--ckpt_path" not in commands[0]
+    assert not (out / "trial-0001").exists()
+    assert "continues trial 0000 from its last.ckpt" in capsys.readouterr().out
 
 
 def test_sweep_survives_a_crashed_trial_and_resumes(tmp_path, monkeypatch):

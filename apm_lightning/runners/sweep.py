@@ -115,7 +115,24 @@ class SweepWorker:
         self.failures: list[tuple[int, str]] = []  # (trial number, one-line reason) of this worker's
         self.stopped: str | None = None  # why this worker stopped before --n-trials
 
-    def trial_args(self, trial, params: dict[str, Any], run_dir: Path) -> list[str]:
+    def _frozen(self, trial):
+        return compat.study_storage(self.study).get_trial(compat.trial_storage_id(trial))
+
+    def _earlier_attempt(self, trial) -> Path | None:
+        """A retried trial (its worker was stopped, or died) continues the newest earlier attempt
+        of it in this --out from that run's last.ckpt; without one it starts in its own folder."""
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            history = _retry_callback().retry_history(self._frozen(trial))
+        for number in reversed(history):
+            folder = self.out / f"trial-{number:04d}"
+            if (folder / "checkpoints" / "last.ckpt").is_file() and not (folder / "results.json").is_file():
+                return folder
+        return None
+
+    def trial_args(self, trial, params: dict[str, Any], run_dir: Path, resume: bool = False) -> list[str]:
         args = [
             "fit",
             *[a for c in self.spec.base_configs for a in ("-c", c)],
@@ -129,6 +146,8 @@ class SweepWorker:
             "--run_name",
             f"{self.study.study_name}-{run_dir.name}",
         ]
+        if resume:
+            args += ["--ckpt_path", "last"]  # an earlier attempt of this trial (_earlier_attempt)
         if self.spec.prunes:
             args += [
                 "--trainer.callbacks+=apm_lightning.runners.pruning.OptunaPruning",
@@ -147,22 +166,26 @@ class SweepWorker:
             self.full = True
             raise StudyFull()
         params = {name: suggest(trial, name, dist) for name, dist in self.spec.space.items()}
-        run_dir = self.out / f"trial-{trial.number:04d}"
+        earlier = self._earlier_attempt(trial)
+        run_dir = earlier or self.out / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         self.ran += 1
-        print(f"apm sweep: trial {trial.number} {params} -> {run_dir}", flush=True)
+        again = (
+            f" (continues trial {run_dir.name.removeprefix('trial-')} from its last.ckpt)" if earlier else ""
+        )
+        print(f"apm sweep: trial {trial.number} {params} -> {run_dir}{again}", flush=True)
         env = {STORAGE_ENV: self.url, "WANDB_RUN_GROUP": self.study.study_name}
         try:
-            run_apm(self.trial_args(trial, params, run_dir), run_dir / "apm.log", self.launcher, env)
+            args = self.trial_args(trial, params, run_dir, resume=earlier is not None)
+            run_apm(args, run_dir / "apm.log", self.launcher, env)
         except RunStopped as stop:
             # Stopped, not failed: queue the parameters again as Optuna does for a trial whose
-            # worker died, so that the study keeps its count and the same command runs them.
-            trial.set_user_attr("error", f"{stop}; queued again"[:500])
-            frozen = compat.study_storage(self.study).get_trial(compat.trial_storage_id(trial))
+            # worker died, so that the study keeps its count and the same command continues them.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                _retry_callback()(max_retry=MAX_RETRY)(self.study, frozen)
+                _retry_callback()(max_retry=MAX_RETRY)(self.study, self._frozen(trial))
+            trial.set_user_attr("error", f"{stop}; queued again"[:500])  # not copied to the retry
             raise
         except RunFailed as err:
             if (run_dir / PRUNED_FILE).is_file():
