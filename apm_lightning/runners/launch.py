@@ -37,7 +37,7 @@ class RunFailed(Exception):
 
 
 class RunStopped(KeyboardInterrupt):
-    """This process got SIGINT or SIGTERM while a run was in progress, and that run has ended.
+    """This process got SIGINT, SIGTERM or SIGHUP while a run was in progress, and that run has ended.
     A KeyboardInterrupt, so that no runner takes it for one failed run and starts the next;
     ``apm`` prints the message and exits with ``exit_code`` (128 + the signal's number)."""
 
@@ -153,8 +153,8 @@ def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
     try:
         run_lightning_cli(args)
     except SystemExit as err:  # the argument parser's way of refusing options
-        if err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the run saved last.ckpt
-            raise RunStopped(err.code - 128, "the run in progress saved last.ckpt") from None
+        if err.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # it said whether it saved
+            raise RunStopped(err.code - 128, "the run in progress stopped") from None
         if err.code not in (0, None):
             raise RunFailed(f"the options were refused (exit status {err.code})") from None
     except Exception as err:
