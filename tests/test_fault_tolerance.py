@@ -283,7 +283,7 @@ def test_sigterm_to_apm_glue_stops_its_training_child_and_the_same_command_resum
     )
     step = checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 3 <= step < 8 and not (run / "results.json").exists()  # 64 rows, batch 8: 8 steps
-    training = [c for c in Path("/proc").glob("[0-9]*/cmdline") if _reads(c).find(str(run)) >= 0]
+    training = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run) in _reads(c)]
     assert training == []
 
     assert main(args) == 0  # the child resumes (KillAt signals its parent once per run)

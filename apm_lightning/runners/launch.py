@@ -134,7 +134,7 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
         reason = _reason_from_log(log_file, start)
         if code == 0:
             ended = "had finished"
-        elif "last.ckpt was saved" in reason:
+        elif "last.ckpt was saved" in reason:  # apm fit's last line when a signal stopped it
             ended = "saved last.ckpt"
         else:
             ended = f"ended ({describe_exit(code)}: {reason})"

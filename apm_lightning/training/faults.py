@@ -50,9 +50,12 @@ class KillAt(pl.Callback):
     def _reached(self, trainer: pl.Trainer) -> bool:
         return self._armed and trainer.fit_loop.epoch_loop.batch_progress.total.ready >= self.batch
 
+    def _target_pid(self) -> int:
+        return os.getppid() if self.target == "parent" else os.getpid()
+
     def _fire(self) -> None:
         self._armed = False
-        os.kill(os.getppid() if self.target == "parent" else os.getpid(), self.signal)
+        os.kill(self._target_pid(), self.signal)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.where == "batch_start" and self._reached(trainer):
@@ -87,7 +90,7 @@ class KillAt(pl.Callback):
             else:
                 with open(f, "wb") as out:
                     out.write(data)
-            os.kill(os.getpid(), self.signal)
+            os.kill(self._target_pid(), self.signal)
 
         torch.save = half_save
 
