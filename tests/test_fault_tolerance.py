@@ -260,6 +260,28 @@ def test_a_runner_passes_its_signal_to_the_run_and_stops(tmp_path, monkeypatch, 
     assert signal.getsignal(getattr(signal, f"SIG{sig}")) is before  # the runner's own handling is back
 
 
+def test_a_run_stopped_before_its_save_is_not_reported_as_saved(tmp_path, monkeypatch):
+    """A second Ctrl-C stops ``apm fit`` at once; the runner's line must not claim a last.ckpt."""
+    from apm_lightning.runners import launch
+
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "trap 'echo \"apm: stopped by Ctrl-C before last.ckpt was saved\"; exit 130' INT\n"
+        "kill -INT $PPID\n"
+        "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(fake))
+    log = tmp_path / "apm.log"
+    with pytest.raises(launch.RunStopped) as stop:
+        launch.run_apm(["fit"], log)
+    assert str(stop.value) == (
+        "stopped by Ctrl-C; the run in progress ended (killed by SIGINT: apm: stopped by Ctrl-C before "
+        f"last.ckpt was saved) (log: {log}); the same command continues where it stopped"
+    )
+
+
 def test_sigterm_to_apm_glue_stops_its_training_child_and_the_same_command_resumes(tmp_path):
     """A real ``apm glue``: its child ``apm fit`` sends SIGTERM to the runner's pid only, at batch 3.
     The child ends its batch, saves last.ckpt and exits; the runner exits 143 with one line and

@@ -134,7 +134,9 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
         reason = _reason_from_log(log_file, start)
         if code == 0:
             ended = "had finished"
-        elif "last.ckpt was saved" in reason:  # apm fit's last line when a signal stopped it
+        # apm fit's last line after a stop that saved; "stopped by Ctrl-C before last.ckpt was
+        # saved" (a second Ctrl-C) must not read as one.
+        elif "; last.ckpt was saved" in reason:
             ended = "saved last.ckpt"
         else:
             ended = f"ended ({describe_exit(code)}: {reason})"
