@@ -106,6 +106,39 @@ def test_runner_options():
         model_args("missing.yaml")
 
 
+def test_an_override_may_change_only_for_tasks_without_runs(tmp_path):
+    """A grid folder grows task by task: SST-2 at one epoch may be added after CoLA's runs
+    finished, but an option that would reach a task with runs is refused (nothing mixed)."""
+    from apm_lightning.core.errors import APMError
+    from apm_lightning.runners.glue import GlueRunner
+    from apm_lightning.runners.glue_args import build_parser
+
+    out = tmp_path / "out"
+
+    def check(*override: str) -> None:
+        argv = ["--model", TINY, "--tasks", "cola,sst2", "--out", str(out)]
+        argv += [w for o in override for w in ("--override", o)]
+        GlueRunner(build_parser(None).parse_args(argv), []).check_settings()
+
+    check()
+    (out / "runs" / "cola" / "seed0").mkdir(parents=True)
+    check("sst2:--trainer.max_epochs 1")  # SST-2 has no runs yet
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["overrides"] == ["sst2:--trainer.max_epochs 1"]
+    (out / "runs" / "sst2" / "seed0").mkdir(parents=True)
+    for changed, named in [
+        (["sst2:--trainer.max_epochs 2"], "sst2"),  # SST-2 has runs now
+        (["sst2:--trainer.max_epochs 1", "cola:--data.batch_size 8"], "cola"),
+        (["sst2:--trainer.max_epochs 1", "--data.batch_size 8"], "cola, sst2"),  # every task
+        ([], "sst2"),
+    ]:
+        with pytest.raises(
+            APMError, match=rf"other overrides \(for {named}\) \(see .*settings.json\); use another --out"
+        ):
+            check(*changed)
+    assert json.loads((out / "settings.json").read_text()) == settings  # refusals write nothing
+
+
 # --------------------------------------------------------------------------- submissions
 VOCAB = {
     "CoLA.tsv": {"0", "1"},

@@ -117,12 +117,25 @@ class GlueRunner:
         if path.is_file():
             before = json.loads(path.read_text())
             changed = [k for k in settings if before.get(k) != settings[k]]
+            if "overrides" in changed:
+                # A task's own --override may change while that task has no runs here (SST-2 at
+                # one epoch added after CoLA's grid finished): nothing of another setting is mixed.
+                ran = self._tasks_with_runs(before.get("overrides") or [])
+                changed[changed.index("overrides")] = f"overrides (for {', '.join(ran)})" if ran else ""
+                changed = [k for k in changed if k]
             if changed:
                 raise APMError(
                     f"{self.out} holds runs made with other {', '.join(changed)} "
                     f"(see {path}); use another --out"
                 )
         write_json_atomic(path, settings)
+
+    def _tasks_with_runs(self, overrides_before: list[str]) -> list[str]:
+        """Tasks with runs in OUT whose --override options differ from ``overrides_before``'s."""
+        before, now = parse_overrides(overrides_before), parse_overrides(self.args.override)
+        differ = {task for task in before.keys() | now.keys() if before.get(task) != now.get(task)}
+        ran = {p.name for p in (self.out / "runs").glob("*") if p.is_dir()}
+        return sorted(ran if None in differ else ran & differ)
 
     def fit(self, task: str, seed: int, setting: Setting | None = None) -> Run:
         setting = setting or {}
