@@ -8,8 +8,13 @@ leak between them), then a table and the target ratios are printed:
   hf_pad128           Trainer, pad to max length (run_glue's pad_to_max_length=True)
   hf_dynamic          Trainer, DataCollatorWithPadding
   hf_dynamic_grouped  hf_dynamic + length-grouped sampling
+  hf_grouped_kept     hf_dynamic_grouped with glibc told by environment what apm sets itself
+                      (core/allocator.py: freed blocks stay in the process); what a Trainer
+                      user gets from the same setting
   apm_full_layer      `apm fit` computing the last layer at every position (the code before
                       cls_only_last_layer: the before/after of that change, in one run)
+  apm_system_malloc   `apm fit` with glibc's own malloc thresholds (APM_KEEP_FREED_MEMORY=0:
+                      the code before core/allocator.py)
   apm                 our `apm fit -c experiments/glue/sst2.yaml`
 
 Exit code is 0 even when a target FAILs (a measurement); 1 if a peer crashed.
@@ -46,13 +51,18 @@ from benchlib import (
     trainer_length_grouping,
 )
 
-HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
+HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped", "hf_grouped_kept")
 # Accuracy is compared with the Trainer doing the same work as apm: dynamic padding and
 # group_by_length, whose batch order apm takes from transformers (the STS-B fix), so that at one
 # seed the two see the same batches; the speed target is against the same peer.
 ACCURACY_PEER = "hf_dynamic_grouped"
-PEERS = (*HF_PEERS, "apm_full_layer", "apm")
-APM_PEERS = {"apm": [], "apm_full_layer": ["--model.cls_only_last_layer", "false"]}
+PEERS = (*HF_PEERS, "apm_full_layer", "apm_system_malloc", "apm")
+APM_PEERS = {"apm": [], "apm_full_layer": ["--model.cls_only_last_layer", "false"], "apm_system_malloc": []}
+_KEPT = str(1 << 30)  # core/allocator.py's thresholds
+PEER_ENV = {
+    "apm_system_malloc": {"APM_KEEP_FREED_MEMORY": "0"},
+    "hf_grouped_kept": {"MALLOC_MMAP_THRESHOLD_": _KEPT, "MALLOC_TRIM_THRESHOLD_": _KEPT},
+}
 
 
 def model_path() -> str:
@@ -126,7 +136,7 @@ def run_hf(peer: str, args: argparse.Namespace) -> dict[str, Any]:
         hits = np.argmax(p.predictions, axis=1) == p.label_ids
         return {"accuracy": float(hits.mean())}
 
-    grouping = trainer_length_grouping() if peer == "hf_dynamic_grouped" else {}
+    grouping = trainer_length_grouping() if peer in ("hf_dynamic_grouped", "hf_grouped_kept") else {}
 
     with tempfile.TemporaryDirectory(prefix=f"bench_{peer}_") as out_dir:
         training_args = TrainingArguments(
@@ -182,7 +192,8 @@ def spawn_hf(peer: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--seed", str(args.seed)]
     if args.eval_rows is not None:
         cmd += ["--eval-rows", str(args.eval_rows)]
-    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, **PEER_ENV.get(peer, {})}
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} exited with code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -207,7 +218,8 @@ def run_apm(args: argparse.Namespace, peer: str = "apm") -> dict[str, Any]:
         cmd += ["--data.max_eval_samples", str(args.eval_rows)]
     cmd += shlex.split(args.apm_args) + APM_PEERS[peer]
     print("$", shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, **PEER_ENV.get(peer, {})}
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
     sys.stdout.write(proc.stdout[-2000:])  # keep the tail of apm's own log visible
     if proc.returncode != 0:
         raise RuntimeError(f"apm exited with code {proc.returncode}")
@@ -274,6 +286,16 @@ def report(
             ratio(apm_tps, get("apm_full_layer", "train_examples_per_second")),
             None,
         ),
+        make_ratio(
+            "apm ex/s / apm_system_malloc ex/s",
+            ratio(apm_tps, get("apm_system_malloc", "train_examples_per_second")),
+            None,
+        ),
+        make_ratio(
+            "apm ex/s / hf_grouped_kept ex/s",
+            ratio(apm_tps, get("hf_grouped_kept", "train_examples_per_second")),
+            None,
+        ),
     ]
     print_ratios(ratios)
     return ratios
@@ -307,7 +329,9 @@ def accuracy_spread(args: argparse.Namespace, results: dict, run_peer) -> dict[s
 def main() -> int:
     require_bench_extras()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["all", "hf", *PEERS], default="all")
+    p.add_argument(
+        "--only", default="all", help=f"all, hf, or peers by name, comma-separated: {', '.join(PEERS)}"
+    )
     p.add_argument("--data-dir", type=Path, default=DATA_ROOT / "glue")  # GLUE root
     p.add_argument("--rows", type=int, default=2000, help="first N train rows")
     p.add_argument("--eval-rows", type=int, default=None, help="dev rows (default all)")
@@ -342,7 +366,11 @@ def main() -> int:
     import torch
     import transformers
 
-    only = {"all": PEERS, "hf": HF_PEERS}.get(args.only, (args.only,))
+    only = {"all": PEERS, "hf": HF_PEERS}.get(args.only, tuple(args.only.split(",")))
+    if set(only) - set(PEERS):
+        p.error(
+            f"--only: unknown peer {', '.join(sorted(set(only) - set(PEERS)))} (peers: {', '.join(PEERS)})"
+        )
     peers = [peer for peer in PEERS if peer in only]
     hardware = {
         "cpu_count": os.cpu_count(),
