@@ -8,13 +8,8 @@ leak between them), then a table and the target ratios are printed:
   hf_pad128           Trainer, pad to max length (run_glue's pad_to_max_length=True)
   hf_dynamic          Trainer, DataCollatorWithPadding
   hf_dynamic_grouped  hf_dynamic + length-grouped sampling
-  hf_grouped_kept     hf_dynamic_grouped with glibc told by environment what apm sets itself
-                      (core/allocator.py: freed blocks stay in the process); what a Trainer
-                      user gets from the same setting
   apm_full_layer      `apm fit` computing the last layer at every position (the code before
                       cls_only_last_layer: the before/after of that change, in one run)
-  apm_system_malloc   `apm fit` with glibc's own malloc thresholds (APM_KEEP_FREED_MEMORY=0:
-                      the code before core/allocator.py)
   apm                 our `apm fit -c experiments/glue/sst2.yaml`
 
 Exit code is 0 even when a target FAILs (a measurement); 1 if a peer crashed.
@@ -51,18 +46,13 @@ from benchlib import (
     trainer_length_grouping,
 )
 
-HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped", "hf_grouped_kept")
+HF_PEERS = ("hf_pad128", "hf_dynamic", "hf_dynamic_grouped")
 # Accuracy is compared with the Trainer doing the same work as apm: dynamic padding and
 # group_by_length, whose batch order apm takes from transformers (the STS-B fix), so that at one
 # seed the two see the same batches; the speed target is against the same peer.
 ACCURACY_PEER = "hf_dynamic_grouped"
-PEERS = (*HF_PEERS, "apm_full_layer", "apm_system_malloc", "apm")
-APM_PEERS = {"apm": [], "apm_full_layer": ["--model.cls_only_last_layer", "false"], "apm_system_malloc": []}
-_KEPT = str(1 << 30)  # core/allocator.py's thresholds
-PEER_ENV = {
-    "apm_system_malloc": {"APM_KEEP_FREED_MEMORY": "0"},
-    "hf_grouped_kept": {"MALLOC_MMAP_THRESHOLD_": _KEPT, "MALLOC_TRIM_THRESHOLD_": _KEPT},
-}
+PEERS = (*HF_PEERS, "apm_full_layer", "apm")
+APM_PEERS = {"apm": [], "apm_full_layer": ["--model.cls_only_last_layer", "false"]}
 
 
 def model_path() -> str:
@@ -136,7 +126,7 @@ def run_hf(peer: str, args: argparse.Namespace) -> dict[str, Any]:
         hits = np.argmax(p.predictions, axis=1) == p.label_ids
         return {"accuracy": float(hits.mean())}
 
-    grouping = trainer_length_grouping() if peer in ("hf_dynamic_grouped", "hf_grouped_kept") else {}
+    grouping = trainer_length_grouping() if peer == "hf_dynamic_grouped" else {}
 
     with tempfile.TemporaryDirectory(prefix=f"bench_{peer}_") as out_dir:
         training_args = TrainingArguments(
@@ -192,8 +182,7 @@ def spawn_hf(peer: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--seed", str(args.seed)]
     if args.eval_rows is not None:
         cmd += ["--eval-rows", str(args.eval_rows)]
-    env = {**os.environ, **PEER_ENV.get(peer, {})}
-    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} exited with code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -218,8 +207,7 @@ def run_apm(args: argparse.Namespace, peer: str = "apm") -> dict[str, Any]:
         cmd += ["--data.max_eval_samples", str(args.eval_rows)]
     cmd += shlex.split(args.apm_args) + APM_PEERS[peer]
     print("$", shlex.join(cmd), flush=True)
-    env = {**os.environ, **PEER_ENV.get(peer, {})}
-    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout[-2000:])  # keep the tail of apm's own log visible
     if proc.returncode != 0:
         raise RuntimeError(f"apm exited with code {proc.returncode}")
@@ -284,16 +272,6 @@ def report(
         make_ratio(
             "apm ex/s / apm_full_layer ex/s",
             ratio(apm_tps, get("apm_full_layer", "train_examples_per_second")),
-            None,
-        ),
-        make_ratio(
-            "apm ex/s / apm_system_malloc ex/s",
-            ratio(apm_tps, get("apm_system_malloc", "train_examples_per_second")),
-            None,
-        ),
-        make_ratio(
-            "apm ex/s / hf_grouped_kept ex/s",
-            ratio(apm_tps, get("hf_grouped_kept", "train_examples_per_second")),
             None,
         ),
     ]

@@ -23,7 +23,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
 import apm_lightning.modules  # noqa: F401  (registers apm's modules: the classes a checkpoint may name)
-from apm_lightning.core.allocator import keep_freed_memory
 from apm_lightning.core.redact import redact_text
 from apm_lightning.training.callbacks import (
     NonFiniteLossStop,
@@ -204,7 +203,6 @@ class APMCLI(CheckpointChecks, ResultsHooks, LightningCLI):
 
 
 def run_lightning_cli(args: list[str]) -> APMCLI:
-    keep_freed_memory()  # before the model and data exist: see core/allocator.py
     failed = True
     try:
         cli = APMCLI(
