@@ -121,6 +121,18 @@ def _isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after: tiny models run fastest that way (more
+    threads on a busy shared CPU only spin), and one thread fixes the reduction order."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """``../shared/data``, or the generated tree in its layout where that is absent."""

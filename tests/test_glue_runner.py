@@ -19,15 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads on a busy shared CPU only spin."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run fastest on one thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # GLUE test-server results as published on the leaderboard (x100); score 78.3 and 80.5.

@@ -26,15 +26,8 @@ SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 QUIET = ["--wandb_mode", "disabled"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads on a busy shared CPU only spin."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run fastest on one thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(out: Path, name: str = "tiny_rte") -> optuna.Study:

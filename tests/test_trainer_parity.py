@@ -39,7 +39,7 @@ def rte_rows(n: int) -> tuple[list[str], list[str], list[int]]:
     )
 
 
-def test_apm_fit_and_the_trainer_take_the_same_steps(tmp_path: Path) -> None:
+def test_apm_fit_and_the_trainer_take_the_same_steps(tmp_path: Path, one_thread) -> None:
     import datasets
     from transformers import (
         AutoModelForSequenceClassification,
@@ -51,7 +51,6 @@ def test_apm_fit_and_the_trainer_take_the_same_steps(tmp_path: Path) -> None:
 
     from apm_lightning.data.collate import EpochBatchSampler
 
-    torch.set_num_threads(1)
     # One starting point for both, head included, and no dropout: no random draw is left.
     init = tmp_path / "init"
     torch.manual_seed(0)
