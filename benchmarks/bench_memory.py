@@ -93,6 +93,11 @@ def _callback_class() -> type:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             SAMPLER.mark("first_step")
 
+        def on_validation_start(self, trainer, pl_module) -> None:
+            # A validation at the last step runs before on_train_end: training ends here.
+            if not trainer.sanity_checking:
+                SAMPLER.mark("training")
+
         def on_train_end(self, trainer, pl_module) -> None:
             SAMPLER.mark("training")
 

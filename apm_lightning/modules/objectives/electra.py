@@ -86,12 +86,13 @@ class Electra(MaskedLM):
         # Replace the masked tokens by the generator's samples (no gradient through sampling),
         # then the discriminator tells replaced from original at every position.
         selected = labels != IGNORE
+        masked = scores["predicted"]  # the first rows of logits; padding rows follow
         with torch.no_grad():
             if keys is None:
-                uniform = torch.rand(logits.shape[0], device=logits.device)
+                uniform = torch.rand(masked, device=logits.device)
             else:  # keyed like the masks: the same sample whichever rank holds the block
                 uniform = keyed_uniform(position_keys(keys, labels.shape[1])[selected], stream=3)
-            sampled = sample_tokens(logits.detach(), uniform)
+            sampled = sample_tokens(logits[:masked].detach(), uniform)
         corrupted = input_ids.clone()
         corrupted[selected] = sampled
         replaced = corrupted != input_ids  # a sample equal to the original counts as original

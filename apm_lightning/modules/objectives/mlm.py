@@ -14,6 +14,9 @@ from torch import nn
 from apm_lightning.modules.objectives.base import Objective, register_objective
 from apm_lightning.modules.objectives.masking import IGNORE, mask_tokens
 
+# The sparse head's rows are padded to a multiple of this many (see ``MaskedLM.mlm_logits``).
+HEAD_ROWS_MULTIPLE = 64
+
 
 def mlm_parts(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     """(transformer body, head) of a ``*ForMaskedLM`` model, so the head can run on masked
@@ -55,30 +58,47 @@ class MaskedLM(Objective):
         )
 
     def mlm_logits(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels at the masked positions only."""
+        """Logits and targets at the masked positions only. The sparse head's rows are padded
+        to a multiple of ``HEAD_ROWS_MULTIPLE``; a padding row's target is ``IGNORE``, so no
+        loss or metric counts it.
+
+        Why the padding: the number of masked tokens changes every step, and so did the size of
+        each of the head's buffers (about 1 MB each at 32 x 128). glibc's heap, given blocks of
+        a new size every step between the encoder's 25 MB activations, fragmented: TAPT's
+        resident memory grew from 2.0 to 4.1 GB over 60 steps with 0.44 GB in use between steps
+        (``benchmarks/bench_memory.py --steps 60``). With a few sizes the blocks are reused and
+        it stays flat; the extra rows cost under 1% of a step."""
         selected = labels != IGNORE
         head = getattr(self.module, "mlm_head", None)
         if self.hparams.sparse_prediction and head is not None:
             hidden = self.module.body(input_ids=inputs).last_hidden_state
-            return head(hidden[selected]), labels[selected]
+            positions = selected.flatten().nonzero().squeeze(1)
+            padding = -positions.numel() % HEAD_ROWS_MULTIPLE
+            positions = F.pad(positions, (0, padding))  # position 0 again, scored by nothing
+            targets = labels.flatten()[positions]
+            targets[targets.numel() - padding :] = IGNORE
+            return head(hidden.flatten(0, 1)[positions]), targets
         return self.language_model()(input_ids=inputs).logits[selected], labels[selected]
 
     def masked_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the masked tokens of the global batch (``global_mean``)."""
-        total = F.cross_entropy(logits.float(), targets, reduction="sum")
-        return self.global_mean(total, targets.numel())
+        """Mean cross-entropy over the masked tokens of the global batch (``global_mean``);
+        rows whose target is ``IGNORE`` are not counted."""
+        total = F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
+        return self.global_mean(total, int((targets != IGNORE).sum()))
 
     def predict_masked(
         self, input_ids: torch.Tensor, keys: torch.Tensor | None, metrics: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Mask the batch and predict the masked tokens: ``(labels, logits, targets, scores)``.
-        The accuracy needs an argmax over the vocabulary at every masked position: skipped
-        without ``metrics``."""
+        """Mask the batch and predict the masked tokens: ``(labels, logits, targets, scores)``,
+        logits and targets as ``mlm_logits`` gives them (the masked positions first, then any
+        padding rows). The accuracy needs an argmax over the vocabulary at every masked
+        position: skipped without ``metrics``."""
         inputs, labels = self.masked(input_ids, keys)
         logits, targets = self.mlm_logits(inputs, labels)
-        scores: dict[str, Any] = {"predicted": targets.numel()}
+        scored = targets != IGNORE
+        scores: dict[str, Any] = {"predicted": int(scored.sum())}
         if metrics:
-            scores["masked_accuracy"] = (logits.argmax(-1) == targets).float().mean()
+            scores["masked_accuracy"] = (logits.argmax(-1)[scored] == targets[scored]).float().mean()
         return labels, logits, targets, scores
 
     def compute(
