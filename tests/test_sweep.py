@@ -18,7 +18,7 @@ from conftest import GLUE
 from apm_lightning.cli import main
 from apm_lightning.core.redact import redact_text as redact_url
 from apm_lightning.runners import sweep
-from apm_lightning.runners.launch import describe_exit
+from apm_lightning.runners.launch import describe_exit, exit_and_reason
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = str(REPO / "experiments" / "sweeps" / "tiny_rte.yaml")
@@ -47,6 +47,9 @@ def test_redaction_and_exit_descriptions():
     assert redact_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
     assert redact_url("postgresql://host:5432/db") == "postgresql://host:5432/db"
     assert describe_exit(-9) == "killed by SIGKILL (out of memory?)" and describe_exit(2) == "exit status 2"
+    # A child killed during start-up wrote no line: nothing dangles after the exit.
+    assert exit_and_reason(-15, "") == "killed by SIGTERM"
+    assert exit_and_reason(2, "apm: error: x") == "exit status 2: apm: error: x"
 
 
 def test_sweep_files_parse():

@@ -74,6 +74,12 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+def exit_and_reason(code: int, reason: str) -> str:
+    """``describe_exit`` and the log's last line; a child killed before it wrote one (a signal
+    during start-up) has no reason to add."""
+    return f"{describe_exit(code)}: {reason}" if reason else describe_exit(code)
+
+
 def _reason_from_log(log_file: Path, start: int = 0) -> str:
     with log_file.open("rb") as f:
         f.seek(start)
@@ -139,11 +145,11 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
         elif "; last.ckpt was saved" in reason:
             ended = "saved last.ckpt"
         else:
-            ended = f"ended ({describe_exit(code)}: {reason})"
+            ended = f"ended ({exit_and_reason(code, reason)})"
         raise RunStopped(received[0], f"the run in progress {ended} (log: {log_file})")
     if code != 0:
         reason = _reason_from_log(log_file, start)
-        raise RunFailed(f"{describe_exit(code)}: {reason} (log: {log_file})")
+        raise RunFailed(f"{exit_and_reason(code, reason)} (log: {log_file})")
 
 
 def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
