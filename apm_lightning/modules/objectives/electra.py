@@ -99,7 +99,7 @@ class Electra(MaskedLM):
         disc_logits = self.module.discriminator(input_ids=corrupted).logits
         weight = self.hparams.discriminator_weight
         _, _, disc_loss = electra_loss(logits, targets, disc_logits, replaced, weight)
-        gen_loss = self.masked_cross_entropy(logits, targets)
+        gen_loss = self.masked_cross_entropy(logits, targets, masked)
         if metrics:
             scores["replaced_accuracy"] = ((disc_logits > 0) == replaced).float().mean()
         loss = gen_loss + weight * disc_loss

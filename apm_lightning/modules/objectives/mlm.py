@@ -74,17 +74,16 @@ class MaskedLM(Objective):
             hidden = self.module.body(input_ids=inputs).last_hidden_state
             positions = selected.flatten().nonzero().squeeze(1)
             padding = -positions.numel() % HEAD_ROWS_MULTIPLE
-            positions = F.pad(positions, (0, padding))  # position 0 again, scored by nothing
-            targets = labels.flatten()[positions]
-            targets[targets.numel() - padding :] = IGNORE
-            return head(hidden.flatten(0, 1)[positions]), targets
+            targets = F.pad(labels.flatten()[positions], (0, padding), value=IGNORE)
+            rows = F.pad(positions, (0, padding))  # a padding row reads position 0 again
+            return head(hidden.flatten(0, 1)[rows]), targets
         return self.language_model()(input_ids=inputs).logits[selected], labels[selected]
 
-    def masked_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the masked tokens of the global batch (``global_mean``);
-        rows whose target is ``IGNORE`` are not counted."""
+    def masked_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor, masked: int) -> torch.Tensor:
+        """Mean cross-entropy over the ``masked`` tokens of the global batch (``global_mean``);
+        padding rows (target ``IGNORE``) add nothing."""
         total = F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
-        return self.global_mean(total, int((targets != IGNORE).sum()))
+        return self.global_mean(total, masked)
 
     def predict_masked(
         self, input_ids: torch.Tensor, keys: torch.Tensor | None, metrics: bool
@@ -95,14 +94,14 @@ class MaskedLM(Objective):
         position: skipped without ``metrics``."""
         inputs, labels = self.masked(input_ids, keys)
         logits, targets = self.mlm_logits(inputs, labels)
-        scored = targets != IGNORE
-        scores: dict[str, Any] = {"predicted": int(scored.sum())}
+        masked = int((targets != IGNORE).sum())
+        scores: dict[str, Any] = {"predicted": masked}
         if metrics:
-            scores["masked_accuracy"] = (logits.argmax(-1)[scored] == targets[scored]).float().mean()
+            scores["masked_accuracy"] = (logits[:masked].argmax(-1) == targets[:masked]).float().mean()
         return labels, logits, targets, scores
 
     def compute(
         self, input_ids: torch.Tensor, keys: torch.Tensor | None = None, metrics: bool = True
     ) -> dict[str, Any]:
         _, logits, targets, scores = self.predict_masked(input_ids, keys, metrics)
-        return {"loss": self.masked_cross_entropy(logits, targets), **scores}
+        return {"loss": self.masked_cross_entropy(logits, targets, scores["predicted"]), **scores}
