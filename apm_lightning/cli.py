@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
+    if os.environ.get("APM_RUNNER_PID"):  # a run started by apm glue, compare or sweep
+        from apm_lightning.runners.launch import follow_runner
+
+        follow_runner()
     sys.exit(main())
 
 

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -291,18 +292,28 @@ def test_a_run_stopped_before_its_save_is_not_reported_as_saved(tmp_path, monkey
     )
 
 
+def _glue_killing_its_runner(out: Path, sig: str) -> list[str]:
+    """A tiny ``apm glue`` (RTE, 64 rows, batch 8: 8 steps) whose child sends ``sig`` to the
+    runner at batch 3, once."""
+    killer = {"class_path": "apm_lightning.training.faults.KillAt"}
+    killer["init_args"] = {"batch": 3, "sig": sig, "target": "parent"}
+    args = ["glue", "--model", str(TINY), "--tasks", "rte", "--seeds", "1", "--data-dir", str(GLUE)]
+    args += ["--out", str(out), "--max-train-samples", "64", "--max-eval-samples", "16", "--epochs", "1"]
+    args += ["--no-submission", "--data.batch_size", "8", "--data.max_seq_length", "32"]
+    args += ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
+    return args + ["--trainer.enable_model_summary", "false", "--trainer.callbacks+", json.dumps(killer)]
+
+
+def _processes_reading(path: Path) -> list[Path]:
+    return [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(path) in _reads(c)]
+
+
 def test_sigterm_to_apm_glue_stops_its_training_child_and_the_same_command_resumes(tmp_path):
     """A real ``apm glue``: its child ``apm fit`` sends SIGTERM to the runner's pid only, at batch 3.
     The child ends its batch, saves last.ckpt and exits; the runner exits 143 with one line and
     leaves no process training. The same command resumes that run from last.ckpt and finishes."""
     out = tmp_path / "out"
-    killer = {"class_path": "apm_lightning.training.faults.KillAt"}
-    killer["init_args"] = {"batch": 3, "sig": "TERM", "target": "parent"}
-    args = ["glue", "--model", str(TINY), "--tasks", "rte", "--seeds", "1", "--data-dir", str(GLUE)]
-    args += ["--out", str(out), "--max-train-samples", "64", "--max-eval-samples", "16", "--epochs", "1"]
-    args += ["--no-submission", "--data.batch_size", "8", "--data.max_seq_length", "32"]
-    args += ["--wandb_mode", "disabled", "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.enable_model_summary", "false", "--trainer.callbacks+", json.dumps(killer)]
+    args = _glue_killing_its_runner(out, "TERM")
     p = subprocess.run(
         [sys.executable, "-m", "apm_lightning", *args], capture_output=True, text=True, timeout=300
     )
@@ -314,10 +325,37 @@ def test_sigterm_to_apm_glue_stops_its_training_child_and_the_same_command_resum
     )
     step = checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 3 <= step < 8 and not (run / "results.json").exists()  # 64 rows, batch 8: 8 steps
-    training = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run) in _reads(c)]
-    assert training == []
+    assert _processes_reading(run) == []
 
     assert main(args) == 0  # the child resumes (KillAt signals its parent once per run)
+    commands = [x for x in (run / "apm.log").read_text().splitlines() if x.startswith("$ apm fit")]
+    assert len(commands) == 2 and commands[1].endswith("--ckpt_path last")
+    assert json.loads((run / "results.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_whose_runner_is_killed_saves_and_stops_instead_of_training_on(tmp_path):
+    """``kill -9`` to a real ``apm glue`` at batch 3 of its child: the runner cannot pass anything
+    on, and the child (in a session of its own) used to train on as an orphan, holding the run
+    directory's lock against the next ``apm glue``. The kernel now sends it SIGTERM: it saves
+    last.ckpt and exits within seconds, and the same command resumes the run and finishes it."""
+    out = tmp_path / "out"
+    args = _glue_killing_its_runner(out, "KILL")
+    p = subprocess.run(
+        [sys.executable, "-m", "apm_lightning", *args], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    run = out / "runs" / "rte" / "seed0"
+    deadline = time.monotonic() + 60
+    while _processes_reading(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_reading(run) == []  # no orphan training on
+    log = (run / "apm.log").read_text()
+    assert "apm: stopped by SIGTERM" in log and "last.ckpt was saved" in log, log[-2000:]
+    step = checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 3 <= step < 8 and not (run / "results.json").exists()
+
+    assert main(args) == 0
     commands = [x for x in (run / "apm.log").read_text().splitlines() if x.startswith("$ apm fit")]
     assert len(commands) == 2 and commands[1].endswith("--ckpt_path last")
     assert json.loads((run / "results.json").read_text())["global_step"] == 8
@@ -328,3 +366,24 @@ def _reads(path: Path) -> str:
         return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:  # a process that ended while we looked
         return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_whose_runner_died_before_it_started_stops_at_once(tmp_path):
+    """The kernel's SIGTERM cannot come for a runner that died before the child asked for it: the
+    child then stops itself. A live runner that is not the parent (a wrapper between them) and
+    no runner at all leave it running."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    code = "from apm_lightning.runners.launch import follow_runner; follow_runner(); print('ran on')"
+
+    def child(runner: int | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "APM_RUNNER_PID"}
+        if runner is not None:
+            env["APM_RUNNER_PID"] = str(runner)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    assert child(dead.pid).returncode == -signal.SIGTERM
+    for runner in (os.getpid(), 1, None):  # its parent; alive but not its parent; none
+        p = child(runner)
+        assert (p.returncode, p.stdout) == (0, "ran on\n"), (runner, p.stderr)

@@ -10,10 +10,15 @@ trains passes the signal on and waits: the child ends its batch, saves ``last.ck
 runner then stops with :class:`RunStopped` instead of going on to the next run. The child runs in
 its own session so that it hears each signal once, from its runner (a terminal's Ctrl-C goes to
 the whole foreground process group, and a second SIGINT means "stop at once" to ``apm fit``).
+A runner killed outright (``kill -9``, the OOM killer) cannot pass anything on, and its child, in a
+session of its own, would train on unseen: on Linux the kernel sends the child SIGTERM when its
+runner dies (``follow_runner``), so it saves ``last.ckpt`` and exits, and the next run of the same
+command resumes it instead of finding the run directory locked by an orphan.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import shlex
@@ -25,6 +30,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 LAUNCHERS = ("subprocess", "inprocess")
+# Set in a child's environment: the pid of the runner it belongs to (see ``follow_runner``).
+RUNNER_PID = "APM_RUNNER_PID"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The signal a runner gets -> the one its child gets. A hang-up (the terminal closed) reached the
 # child directly before it had its own session; it now stops it as a preemption does.
 FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM}
@@ -92,9 +100,10 @@ def _reason_from_log(log_file: Path, start: int = 0) -> str:
 def _child_environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment plus ``extra``, without ``WANDB_SERVICE``: a child that
     inherits it logs through this process's W&B service, where a killed child's run stays open,
-    and its resume then fails with "run ID ... is in use". Each child starts its own service."""
+    and its resume then fails with "run ID ... is in use". Each child starts its own service.
+    ``RUNNER_PID`` tells the child whose death should stop it (``follow_runner``)."""
     environment = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**environment, **extra}
+    return {**environment, **extra, RUNNER_PID: str(os.getpid())}
 
 
 def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> None:
@@ -150,6 +159,36 @@ def _run_subprocess(args: list[str], log_file: Path, env: dict[str, str]) -> Non
     if code != 0:
         reason = _reason_from_log(log_file, start)
         raise RunFailed(f"{exit_and_reason(code, reason)} (log: {log_file})")
+
+
+def follow_runner() -> None:
+    """In a run started by ``_run_subprocess``: ask the kernel for SIGTERM when the runner dies
+    (Linux's ``PR_SET_PDEATHSIG``; Python's ``subprocess`` has no option for it, and a
+    ``preexec_fn`` is unsafe in a runner with threads). Anywhere else, or in a process not started
+    by a runner, nothing changes. The variable is removed, so processes this one starts (DDP
+    ranks) do not take this process for a runner."""
+    runner = os.environ.pop(RUNNER_PID, None)
+    if not runner or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # a C library without prctl: run as before
+        return
+    # The runner died before the request, so nobody will send the signal. (A parent other than
+    # the runner that is alive is a wrapper between them, e.g. a launcher script: run on.)
+    if str(os.getppid()) != runner and not _alive(int(runner)):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def _run_inprocess(args: list[str], env: dict[str, str]) -> None:
