@@ -15,10 +15,11 @@ apm seconds: apm's training examples/s over the Trainer's, as both train the sam
 With ``--apm-runner glue`` the apm side is one ``apm glue`` over every task and seed (in-process
 runs, no submission) instead of one ``apm fit`` process per run, and the table ends with the wall
 time of that whole command against the Trainer's runs as separate invocations (each a fresh
-interpreter, as a script per run is used), both measured here:
+interpreter, as a script per run is used), both measured here. ``--apm-jobs 1,2`` runs the
+``apm glue`` once per value (``--jobs 2``: two runs at once, in child processes):
 
-  python benchmarks/bench_glue_parity.py --tasks cola,sst2,mrpc,rte --seeds 3 --rows 2000 \\
-      --epochs 1 --apm-runner glue
+  python benchmarks/bench_glue_parity.py --tasks cola,sst2,mrpc,rte --seeds 3 --rows 1000 \\
+      --epochs 1 --apm-runner glue --apm-jobs 1,2
 """
 
 from __future__ import annotations
@@ -247,13 +248,17 @@ def fit_options(hp: dict[str, Any]) -> str:
     return options + (f" --data.max_train_samples {hp['rows']}" if hp.get("rows") else "")
 
 
-def run_apm_glue(recipes: dict[str, dict[str, Any]], seeds: range) -> tuple[dict[str, list], float]:
-    """One ``apm glue`` over every task and seed -> ({task: [metrics per seed]}, wall seconds)."""
+def run_apm_glue(
+    recipes: dict[str, dict[str, Any]], seeds: range, jobs: int = 1
+) -> tuple[dict[str, list], float]:
+    """One ``apm glue`` over every task and seed -> ({task: [metrics per seed]}, wall seconds).
+    One job: runs in-process; several: ``--jobs`` children."""
     with tempfile.TemporaryDirectory(prefix="parity_glue_") as out:
         cmd = [sys.executable, "-m", "apm_lightning", "glue", "--tasks", ",".join(recipes)]
         cmd += ["--seeds", str(len(seeds)), "--first-seed", str(seeds.start)]
         cmd += ["--data-dir", str(Path(DATA_ROOT) / "glue"), "--out", out]
-        cmd += ["--launcher", "inprocess", "--no-submission", "--wandb_mode", "disabled"]
+        cmd += ["--launcher", "inprocess"] if jobs == 1 else ["--jobs", str(jobs)]
+        cmd += ["--no-submission", "--wandb_mode", "disabled"]
         cmd += ["--trainer.enable_progress_bar", "false", "--trainer.gradient_clip_val", "1.0"]
         for task, hp in recipes.items():
             cmd += ["--override", f"{task}:{fit_options(hp)}"]
@@ -301,6 +306,11 @@ def main() -> int:
         default="fit",
         help="apm's side: one apm fit process per run, or one apm glue over all of them",
     )
+    p.add_argument(
+        "--apm-jobs",
+        default="1",
+        help="with --apm-runner glue: comma-separated --jobs values, one apm glue each (1,2)",
+    )
     p.add_argument("--metric", default="main", help="the score compared: main, or one metric (pearson)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -314,13 +324,21 @@ def main() -> int:
     peers = args.peers.split(",")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     wall: dict[str, float] = {}
+    glue_walls: dict[int, float] = {}
     if args.apm_runner == "glue" and "apm" in peers:
-        print(f"apm glue over {', '.join(recipes)} x seeds {seeds.start}-{seeds.stop - 1}", flush=True)
-        runs, wall["apm"] = run_apm_glue(recipes, seeds)
-        for task, task_runs in runs.items():
-            results.setdefault(task, {})["apm"] = task_runs
-            shown = " ".join(f"{100 * r[args.metric]:.2f}" for r in task_runs)
-            print(f"  {task}: apm {args.metric} by seed {shown}", flush=True)
+        for jobs in [int(j) for j in args.apm_jobs.split(",")]:
+            print(
+                f"apm glue --jobs {jobs} over {', '.join(recipes)} x seeds {seeds.start}-{seeds.stop - 1}",
+                flush=True,
+            )
+            runs, glue_walls[jobs] = run_apm_glue(recipes, seeds, jobs)
+            print(f"  wall {glue_walls[jobs]:.0f} s", flush=True)
+            for task, task_runs in runs.items():
+                # The table's training times are those of the first --jobs value's runs.
+                results.setdefault(task, {}).setdefault("apm", task_runs)
+                shown = " ".join(f"{100 * r[args.metric]:.2f}" for r in task_runs)
+                print(f"  {task}: apm {args.metric} by seed {shown}", flush=True)
+        wall["apm"] = next(iter(glue_walls.values()))
         peers.remove("apm")
     for task, hp in recipes.items():
         print(f"{task}: {hp}", flush=True)
@@ -374,15 +392,18 @@ def main() -> int:
         gap = cells[1] - cells[2] if cells[1] is not None and cells[2] is not None else None
         shown = ["-" if v is None else f"{v:.2f}" for v in cells] + ["-" if gap is None else f"{gap:+.2f}"]
         print(f"| {task} | " + " | ".join(shown) + " |")
-    if args.apm_runner == "glue" and len(wall) == 2:
-        print(
-            f"\nwall time, {len(recipes)} tasks x {len(seeds)} seeds: one apm glue {wall['apm']:.0f} s, "
-            f"{len(recipes) * len(seeds)} Trainer invocations {wall['trainer']:.0f} s, "
-            f"ratio (Trainer / apm) {wall['trainer'] / wall['apm']:.2f}"
-        )
+    if args.apm_runner == "glue" and "trainer" in wall:
+        for jobs, seconds in glue_walls.items():
+            print(
+                f"\nwall time, {len(recipes)} tasks x {len(seeds)} seeds: one apm glue --jobs {jobs} "
+                f"{seconds:.0f} s, {len(recipes) * len(seeds)} Trainer invocations one after another "
+                f"{wall['trainer']:.0f} s, ratio (Trainer / apm) {wall['trainer'] / seconds:.2f}"
+            )
     if args.json_out:
         args.json_out.write_text(
-            json.dumps({"seeds": list(seeds), "runs": results, "wall_s": wall}, indent=1)
+            json.dumps(
+                {"seeds": list(seeds), "runs": results, "wall_s": wall, "glue_wall_s": glue_walls}, indent=1
+            )
         )
     return 0
 

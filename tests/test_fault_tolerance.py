@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -387,3 +388,44 @@ def test_a_run_whose_runner_died_before_it_started_stops_at_once(tmp_path):
     for runner in (os.getpid(), 1, None):  # its parent; alive but not its parent; none
         p = child(runner)
         assert (p.returncode, p.stdout) == (0, "ran on\n"), (runner, p.stderr)
+
+
+def test_two_jobs_train_at_once_on_split_cores_and_stop_together(tmp_path):
+    """``apm glue --jobs 2``, real processes: RTE and MRPC start together, each with half the
+    cores (``cpu (N threads)`` in its results). SIGTERM to the runner (sent by RTE's run at batch
+    3) reaches both runs; the runner exits 143 with one line naming both logs and leaves no
+    process. The same command resumes RTE from its last.ckpt and finishes both."""
+    out = tmp_path / "out"
+    killer = {"class_path": "apm_lightning.training.faults.KillAt"}
+    killer["init_args"] = {"batch": 3, "sig": "TERM", "target": "parent"}
+    args = ["glue", "--model", str(TINY), "--tasks", "rte,mrpc", "--seeds", "1", "--jobs", "2"]
+    args += ["--data-dir", str(GLUE), "--out", str(out), "--max-train-samples", "64"]
+    args += ["--max-eval-samples", "16", "--epochs", "1", "--no-submission", "--data.batch_size", "8"]
+    args += ["--data.max_seq_length", "32", "--wandb_mode", "disabled", "--trainer.enable_progress_bar"]
+    args += ["false", "--trainer.enable_model_summary", "false"]
+    args += ["--override", f"rte:--trainer.callbacks+ {shlex.quote(json.dumps(killer))}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    command = [sys.executable, "-m", "apm_lightning", *args]
+    p = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 143, p.stderr[-3000:]
+    rte, mrpc = out / "runs" / "rte" / "seed0", out / "runs" / "mrpc" / "seed0"
+    lines = p.stdout.splitlines()
+    assert lines[0] == f"apm glue: rte-seed0: training ({rte})"
+    assert lines[1] == f"apm glue: mrpc-seed0: training ({mrpc})"  # before RTE ended
+    stop = p.stderr.strip().splitlines()[-1]
+    assert stop.startswith("apm: stopped by SIGTERM; the ") and stop.endswith(
+        "; the same command continues where it stopped"
+    )
+    assert str(rte / "apm.log") in stop and str(mrpc / "apm.log") in stop
+    assert 3 <= checkpoint(rte / "checkpoints" / "last.ckpt")["global_step"] < 8
+    assert not (rte / "results.json").exists() and _processes_reading(out) == []
+
+    p = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [x for x in (rte / "apm.log").read_text().splitlines() if x.startswith("$ apm fit")][1].endswith(
+        "--ckpt_path last"
+    )
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for run in (rte, mrpc):
+        results = json.loads((run / "results.json").read_text())
+        assert results["global_step"] == 8 and results["device"] == f"cpu ({threads} threads)"

@@ -12,8 +12,10 @@ import pytest
 from conftest import GLUE, GLUE_ROWS, REAL_DATA
 
 from apm_lightning.cli import main
+from apm_lightning.core.errors import APMError
 from apm_lightning.metrics.glue_score import glue_score, glue_score_from_table, summarize, task_score
 from apm_lightning.runners import submission
+from apm_lightning.runners.glue import glue_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "experiments" / "models" / "tiny_bert.yaml")
@@ -301,3 +303,37 @@ def test_glue_runner_end_to_end(tmp_path, monkeypatch):
     changed = list(args)
     changed[changed.index("--epochs") + 1] = "2"
     assert main(changed) == 2
+
+
+def test_parallel_jobs_share_the_cores_and_take_one_gpu_each(monkeypatch):
+    """``--jobs``' per-run environment: the cores split between the jobs unless the thread count
+    is set already, one of several visible GPUs per job, and nothing at all for one job."""
+    from apm_lightning.runners.launch import slot_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert slot_environment(0, 1) == {}
+    assert slot_environment(0, 2) == {
+        "OMP_NUM_THREADS": "4",
+        "MKL_NUM_THREADS": "4",
+        "CUDA_VISIBLE_DEVICES": "2",
+    }
+    assert (
+        slot_environment(1, 3)["CUDA_VISIBLE_DEVICES"] == "5"
+        and slot_environment(2, 3)["OMP_NUM_THREADS"] == "2"
+    )
+    assert slot_environment(0, 16)["OMP_NUM_THREADS"] == "1"  # more jobs than cores: one thread each
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one GPU: shared, left as it is
+    assert slot_environment(1, 2) == {"MKL_NUM_THREADS": "4"}
+
+
+def test_jobs_above_one_need_child_processes(tmp_path):
+    args = ["--tasks", "rte", "--out", str(tmp_path / "out"), "--jobs", "2", "--launcher", "inprocess"]
+    with pytest.raises(APMError, match="--jobs above 1 .* use --launcher subprocess"):
+        glue_main(args)
+    with pytest.raises(APMError, match="--jobs must be at least 1"):
+        glue_main(["--tasks", "rte", "--out", str(tmp_path / "out"), "--jobs", "0"])
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,8 @@ Each (task, seed) is an ordinary ``apm fit -c experiments/glue/<task>.yaml`` in
 resumes from its ``last.ckpt``, so running the command again continues where it stopped. The
 best seed of each task (by dev score) predicts the test split for the submission; AX is
 predicted by the best MNLI checkpoint. Options the runner does not know (``--trainer.*``,
-``--data.*``, ``--wandb_mode`` ...) go to every ``apm fit`` and ``apm predict``.
+``--data.*``, ``--wandb_mode`` ...) go to every ``apm fit`` and ``apm predict``. Every run is
+planned first; ``--jobs N`` trains N at once, the CPU cores split between them.
 
 A task outside GLUE is a task file (``--tasks my_pairs.yaml``, docs/extending.md): it trains with
 ``glue/default.yaml`` (or ``--recipes DIR``'s ``<task>.yaml`` or ``default.yaml``), appears in the
@@ -53,7 +54,7 @@ from apm_lightning.runners.glue_grid import (
     setting_label,
 )
 from apm_lightning.runners.glue_results import Run, TaskSummary, summarize_task, write_outputs
-from apm_lightning.runners.launch import RunFailed, run_apm
+from apm_lightning.runners.launch import Job, RunFailed, run_apm, run_jobs
 
 
 class GlueRunner:
@@ -137,33 +138,68 @@ class GlueRunner:
         ran = {p.name for p in (self.out / "runs").glob("*") if p.is_dir()}
         return sorted(ran if None in differ else ran & differ)
 
-    def fit(self, task: str, seed: int, setting: Setting | None = None) -> Run:
-        setting = setting or {}
+    def plan(self, task: str, seed: int, setting: Setting) -> tuple[Run, list[str] | None, str]:
+        """The run of (task, seed, grid setting), the ``apm fit`` options that train it (None when
+        its ``results.json`` exists) and its name."""
         folder = self.out / "runs" / task / (setting_folder(setting) if setting else "")
         run = Run(task, seed, folder / f"seed{seed}", setting=setting_label(setting) if setting else "")
         name = f"{task}-{setting_folder(setting)}-seed{seed}" if setting else f"{task}-seed{seed}"
-        results_file = run.run_dir / "results.json"
-        if not results_file.is_file():
-            args = ["fit", *self.task_args(task), *self.common(task), *setting_args(setting)]
-            args += ["--seed_everything", str(seed)]
-            args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", name]
-            ckpts = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-            if (run.run_dir / "checkpoints" / "last.ckpt").is_file():
-                args += ["--ckpt_path", "last"]  # an interrupted run resumes exactly
-            elif ckpts:  # stopped between its best and its last save: resume from the newest
-                args += ["--ckpt_path", str(ckpts[-1])]
-            started = time.perf_counter()
+        if (run.run_dir / "results.json").is_file():
+            return run, None, name
+        args = ["fit", *self.task_args(task), *self.common(task), *setting_args(setting)]
+        args += ["--seed_everything", str(seed)]
+        args += ["--trainer.default_root_dir", str(run.run_dir), "--run_name", name]
+        ckpts = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if (run.run_dir / "checkpoints" / "last.ckpt").is_file():
+            args += ["--ckpt_path", "last"]  # an interrupted run resumes exactly
+        elif ckpts:  # stopped between its best and its last save: resume from the newest
+            args += ["--ckpt_path", str(ckpts[-1])]
+        return run, args, name
+
+    def fit_all(self, tasks: list[str]) -> dict[tuple[str, str, int], Run]:
+        """Every (task, grid setting, seed) run of ``tasks``, by (task, setting label, seed):
+        finished ones are read, the others trained, ``--jobs`` at a time."""
+        runs: dict[tuple[str, str, int], Run] = {}
+        todo: list[tuple[Run, list[str], str]] = []
+        for task in tasks:
+            for setting in self.grid:
+                for seed in self.seeds:
+                    run, args, name = self.plan(task, seed, setting)
+                    runs[task, run.setting, seed] = run
+                    if args is not None:
+                        todo.append((run, args, name))
+        started: dict[int, float] = {}
+
+        def on_start(i: int) -> None:
+            run, _, name = todo[i]
+            started[i] = time.perf_counter()
             print(f"apm glue: {name}: training ({run.run_dir})", flush=True)
-            try:
-                run_apm(args, run.run_dir / "apm.log", self.args.launcher, self.env)
-            except RunFailed as err:
-                run.status, run.error = "failed", redact_text(str(err))
+
+        def on_end(i: int, failure: RunFailed | None) -> None:
+            run, _, name = todo[i]
+            if failure is not None:
+                run.status, run.error = "failed", redact_text(str(failure))
                 print(f"apm glue: {name}: FAILED: {run.error}", flush=True)
-                return run
-            print(f"apm glue: {name}: {time.perf_counter() - started:.0f} s", flush=True)
-        run.results = json.loads(results_file.read_text())
-        run.status = "done"
-        return run
+            else:
+                print(f"apm glue: {name}: {time.perf_counter() - started[i]:.0f} s", flush=True)
+
+        if self.args.jobs > 1:
+            jobs = [Job(args, run.run_dir / "apm.log", self.env) for run, args, _ in todo]
+            run_jobs(jobs, self.args.jobs, on_start, on_end)
+        else:  # one at a time, in this process too with --launcher inprocess
+            for i, (run, args, _) in enumerate(todo):
+                on_start(i)
+                try:
+                    run_apm(args, run.run_dir / "apm.log", self.args.launcher, self.env)
+                except RunFailed as err:
+                    on_end(i, err)
+                else:
+                    on_end(i, None)
+        for run in runs.values():
+            if run.status != "failed":
+                run.results = json.loads((run.run_dir / "results.json").read_text())
+                run.status = "done"
+        return runs
 
     def predict(
         self, task: str, run: Run, data_task: str | None = None, setting: Setting | None = None
@@ -198,18 +234,24 @@ class GlueRunner:
         summaries: dict[str, TaskSummary] = {}
         predictions: dict[str, Path] = {}  # server file name -> TSV
         ids: dict[str, list[int]] = {}
+        folders = {task: task_folder(task, self.args.data_dir) for task in self.tasks}
+        missing: dict[str, str] = {}  # said before any training starts
         for task in self.tasks:
-            folder = task_folder(task, self.args.data_dir)
+            reason = None if task == "ax" else missing_reason(task, folders[task], self.args.data_dir)
+            if reason:
+                missing[task] = reason
+                print(f"apm glue: {task}: MISSING ({reason})", flush=True)
+        runs = self.fit_all([t for t in self.tasks if t != "ax" and t not in missing])
+        for task in self.tasks:
+            folder = folders[task]
             if task == "ax":
                 summaries[task] = self.run_ax(folder, summaries.get("mnli"), predictions, ids)
                 continue
             spec = get_task(task)
-            reason = missing_reason(task, folder, self.args.data_dir)
-            if reason:
-                summaries[task] = TaskSummary(task, "missing", reason)
-                print(f"apm glue: {task}: MISSING ({reason})", flush=True)
+            if task in missing:
+                summaries[task] = TaskSummary(task, "missing", missing[task])
                 continue
-            summary, setting = self.train_task(task)
+            summary, setting = self.train_task(task, runs)
             summaries[task] = summary
             # Only GLUE's tasks go to the test server (a task file's task has no server file).
             if summary.best is not None and not self.args.no_submission and submission.server_names(task):
@@ -231,11 +273,14 @@ class GlueRunner:
             }
         return write_outputs(self.args, self.out, self.seeds, self.tasks, summaries, predictions, ids, grid)
 
-    def train_task(self, task: str) -> tuple[TaskSummary, Setting]:
-        """Every seed of every grid setting; the task's summary is the chosen setting's (by the
-        median dev score over seeds), and so are its test predictions."""
+    def train_task(self, task: str, runs: dict[tuple[str, str, int], Run]) -> tuple[TaskSummary, Setting]:
+        """Every seed of every grid setting (``runs``, from ``fit_all``); the task's summary is the
+        chosen setting's (by the median dev score over seeds), and so are its test predictions."""
         per_setting = {
-            setting_label(g): (g, summarize_task(task, [self.fit(task, s, g) for s in self.seeds]))
+            setting_label(g): (
+                g,
+                summarize_task(task, [runs[task, setting_label(g) if g else "", s] for s in self.seeds]),
+            )
             for g in self.grid
         }
         if len(per_setting) == 1 and not self.args.grid:
@@ -278,6 +323,10 @@ def glue_main(argv: list[str]) -> dict[str, Any]:
         args, extra = parser.parse_known_args(protocol_argv(parser, args.protocol, argv))
     if args.seeds < 1:
         raise APMError("--seeds must be at least 1")
+    if args.jobs < 1:
+        raise APMError("--jobs must be at least 1")
+    if args.jobs > 1 and args.launcher != "subprocess":
+        raise APMError("--jobs above 1 runs each training in its own process: use --launcher subprocess")
     check_output_dir(args.out, "--out")
     unknown = unknown_options(extra)
     if unknown:

@@ -70,6 +70,13 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         "task, the value with the best median dev score, e.g. --grid model.learning_rate=2e-5,3e-5,5e-5",
     )
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess", help="where each run goes")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trainings at once (subprocess launcher); the CPU cores are split between them, and "
+        "several GPUs in $CUDA_VISIBLE_DEVICES are dealt out one per job",
+    )
     p.add_argument("--no-submission", action="store_true", help="skip test predictions and the zip")
     return p
 
