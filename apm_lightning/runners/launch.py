@@ -171,9 +171,10 @@ def slot_environment(slot: int, parallel: int) -> dict[str, str]:
     slots (torch's intra-op threads; a variable this process already has is kept), and with
     several GPUs in ``$CUDA_VISIBLE_DEVICES`` one of them per slot. Nothing for one slot.
 
-    Why split the cores: on 2 cores, two runs of one thread each trained MiniLM 1.22-1.25x
-    faster together than one run of two threads (small matrices use two threads poorly), while
-    two runs of two threads each slow each other several times over (oversubscription)."""
+    Why split the cores: small matrices use threads poorly. On 2 cores two one-thread MiniLM
+    training loops ran 1.22-1.25x faster together than one of two threads (two ``apm fit`` on
+    MRPC 1.11x), while two runs of two threads each slow each other several times over
+    (oversubscription)."""
     if parallel <= 1:
         return {}
     env: dict[str, str] = {}
