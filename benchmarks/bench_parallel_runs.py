@@ -22,8 +22,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from benchlib import hardware, print_hardware
+from benchlib import hardware, make_ratio, print_hardware, print_ratios, write_json
 
 
 def child(threads: int, steps: int, length: int) -> None:
@@ -71,26 +72,41 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="16,64", help="sequence lengths, comma-separated")
     p.add_argument("--steps", type=int, default=40, help="timed steps per process (at length 16)")
+    p.add_argument("--smoke", action="store_true", help="a few steps, to check it runs")
+    p.add_argument("--json", type=Path, default=None, help="write rows and ratios here (run_all.py)")
     p.add_argument("--_child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         child(*args._child)
         return 0
+    if args.smoke:
+        args.lengths, args.steps = "16", 2
     cores = len(os.sched_getaffinity(0))
     half = max(1, cores // 2)
-    print_hardware(hardware(cores))
+    info = hardware(cores)
+    print_hardware(info)
+    rows, ratios = [], []
     print(
         f"| length | one process, {cores} threads | two processes, {half} each (sum) | one, {half} alone | two / one |"
     )
     print("|---:|---:|---:|---:|---:|")
     for length in [int(x) for x in args.lengths.split(",")]:
-        steps = max(10, args.steps * 16 // length)
+        steps = max(2 if args.smoke else 10, args.steps * 16 // length)
         one = rate(spawn(cores, steps, length))
         pair = [spawn(half, steps, length), spawn(half, steps, length)]
         two = [rate(q) for q in pair]
         alone = rate(spawn(half, steps, length))
         shown = f"{two[0]:.1f} + {two[1]:.1f} = {sum(two):.1f}"
         print(f"| {length} | {one:.1f} | {shown} | {alone:.1f} | {sum(two) / one:.2f} |", flush=True)
+        for peer, value in (("one_all_cores", one), ("two_split_cores", sum(two)), ("one_half_cores", alone)):
+            rows.append({"benchmark": f"parallel_L{length}", "peer": peer, "value": value, "unit": "ex/s"})
+        name = f"two runs on split cores / one on all, length {length}"
+        ratios.append(make_ratio(name, sum(two) / one, 1.0, hard=False))
+    print_ratios(ratios)
+    write_json(
+        args.json,
+        {"benchmark": "parallel", "hardware": info, "workload": vars(args), "rows": rows, "ratios": ratios},
+    )
     return 0
 
 

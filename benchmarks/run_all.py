@@ -7,6 +7,7 @@ the table, the raw measurements and the hardware go to a Markdown file (--out).
   tokenize  bench_tokenize.py        ClassificationDataModule tokenization vs datasets .map, cold and warm
   startup   bench_startup.py         `apm --help` vs `import lightning.pytorch` and `python -c pass`
   corpus    bench_corpus.py          corpus token cache, 1 and 2 processes, vs datasets .map; peak RSS
+  parallel  bench_parallel_runs.py   two training runs on split cores vs one on all (apm glue --jobs)
 
 Full run (defaults; glue compares dev accuracy over 3 seeds: --glue-args to change):
   python benchmarks/run_all.py --out benchmarks/results/summary.md
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "tokenize": ("bench_tokenize.py", [], ["--smoke"]),
     "startup": ("bench_startup.py", [], ["--smoke"]),
     "corpus": ("bench_corpus.py", [], ["--smoke"]),
+    "parallel": ("bench_parallel_runs.py", [], ["--smoke"]),
 }
 
 
