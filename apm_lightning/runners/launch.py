@@ -172,8 +172,8 @@ def slot_environment(slot: int, parallel: int) -> dict[str, str]:
     several GPUs in ``$CUDA_VISIBLE_DEVICES`` one of them per slot. Nothing for one slot.
 
     Why split the cores: small matrices use threads poorly. On 2 cores two one-thread MiniLM
-    training loops ran 1.22-1.25x faster together than one of two threads (two ``apm fit`` on
-    MRPC 1.11x), while two runs of two threads each slow each other several times over
+    training loops ran 1.18-1.25x faster together than one of two threads (two ``apm fit`` on
+    MRPC 1.23x), while two runs of two threads each slow each other several times over
     (oversubscription)."""
     if parallel <= 1:
         return {}
