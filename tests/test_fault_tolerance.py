@@ -429,3 +429,42 @@ def test_two_jobs_train_at_once_on_split_cores_and_stop_together(tmp_path):
     for run in (rte, mrpc):
         results = json.loads((run / "results.json").read_text())
         assert results["global_step"] == 8 and results["device"] == f"cpu ({threads} threads)"
+
+
+def test_a_signal_stops_parallel_runs_and_starts_no_more(tmp_path, monkeypatch):
+    """Three jobs, two at a time: SIGTERM (sent by the first run) reaches both runs in progress,
+    the third never starts, and the runner returns at once with one line for both (it used to
+    spin forever on the jobs left in its queue). The children are stand-in interpreters that
+    end as ``apm fit`` does after a save."""
+    from apm_lightning.runners import launch
+
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "trap 'echo \"apm: stopped by SIGTERM; last.ckpt was saved: resume with --ckpt_path last\"; exit 143' TERM\n"
+        'if [ "$3" = first ]; then sleep 0.5; kill -TERM $PPID; fi\n'
+        "i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n"  # 10 s unless it hears it
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(launch.sys, "executable", str(fake))
+    logs = [tmp_path / f"{name}.log" for name in ("first", "second", "third")]
+    jobs = [launch.Job([log.stem], log) for log in logs]
+    started: list[int] = []
+
+    def too_long(signum: int, frame: object) -> None:
+        raise TimeoutError("the runner did not return after the signal")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(30)
+    try:
+        with pytest.raises(launch.RunStopped) as stop:
+            launch.run_jobs(jobs, 2, on_start=started.append)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert started == [0, 1] and not logs[2].exists()
+    assert str(stop.value) in (
+        f"stopped by SIGTERM; the 2 runs in progress saved last.ckpt (logs: {a}, {b}); "
+        "the same command continues where it stopped"
+        for a, b in (logs[:2], logs[1::-1])
+    )

@@ -218,7 +218,7 @@ def run_jobs(
     stopped: list[tuple[_Child, int]] = []
     queue = list(enumerate(jobs))
     try:
-        while queue or running:
+        while running or (queue and not received):  # after a signal: wait for those running
             while queue and len(running) < parallel and not received:
                 index, job = queue.pop(0)
                 slot = min(set(range(parallel)) - {s for s, _ in running.values()})
