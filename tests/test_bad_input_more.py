@@ -405,6 +405,22 @@ def test_glue_out_is_a_file(tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
+def test_glue_exits_non_zero_when_every_run_failed(tmp_path, capsys):
+    """Two real child runs that apm fit refuses (a bad option value): the runner writes its tables
+    but exits 2 with one line, so a script does not take the result for a finished GLUE run (it
+    exited 0, seen with an environment that lacked lightning)."""
+    out = tmp_path / "out"
+    args = ["glue", "--model", TINY, "--tasks", "rte", "--seeds", "2", "--data-dir", str(GLUE)]
+    args += ["--out", str(out), "--no-submission", "--trainer.max_epochs", "not-a-number"]
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert "all 2 runs failed, the first with exit status 2" in line, line
+    assert str(out / "results.md") in line
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",failed," in row for row in rows[1:])
+    # One failed run among finished ones is a partial result, exit 0: test_glue_runner_end_to_end.
+
+
 def test_export_to_a_file(tmp_path, capsys):
     blocker = tmp_path / "out.txt"
     blocker.write_text("x")

@@ -183,10 +183,10 @@ class GlueRunner:
             else:
                 print(f"apm glue: {name}: {time.perf_counter() - started[i]:.0f} s", flush=True)
 
-        if self.args.jobs > 1:
+        if self.args.launcher == "subprocess":  # one loop for all runs: a signal between two is caught
             jobs = [Job(args, run.run_dir / "apm.log", self.env) for run, args, _ in todo]
             run_jobs(jobs, self.args.jobs, on_start, on_end)
-        else:  # one at a time, in this process too with --launcher inprocess
+        else:  # in this process, one at a time
             for i, (run, args, _) in enumerate(todo):
                 on_start(i)
                 try:
@@ -271,7 +271,16 @@ class GlueRunner:
                 "chosen": self.chosen,
                 "rows": self.grid_table,
             }
-        return write_outputs(self.args, self.out, self.seeds, self.tasks, summaries, predictions, ids, grid)
+        outputs = write_outputs(
+            self.args, self.out, self.seeds, self.tasks, summaries, predictions, ids, grid
+        )
+        failed = [run for run in runs.values() if run.status == "failed"]
+        if runs and len(failed) == len(runs):  # nothing to report: a script must not read it as done
+            raise APMError(
+                f"apm glue: all {len(runs)} runs failed, the first with {failed[0].error}; fix that and "
+                f"run the same command again (the tables: {self.out / 'results.md'})"
+            )
+        return outputs
 
     def train_task(self, task: str, runs: dict[tuple[str, str, int], Run]) -> tuple[TaskSummary, Setting]:
         """Every seed of every grid setting (``runs``, from ``fit_all``); the task's summary is the
