@@ -94,9 +94,20 @@ def test_apm_glue_grid_end_to_end(tmp_path, glue_dir):
     ).is_file()
     assert len((out / "results.csv").read_text().splitlines()) == 5  # every run of every setting
     assert "## Grid" in (out / "results.md").read_text() and (out / "grid.csv").is_file()
-    # A different grid into the same OUT is refused, not mixed in.
-    changed = [a if a != "model.learning_rate=1e-5,3e-3" else "model.learning_rate=1e-4" for a in args]
-    assert main(changed) == 2
+    # A value added to the grid trains that value only; finished runs are kept and compete.
+    kept = {p: p.stat().st_mtime_ns for p in (out / "runs/rte").glob("*/seed*/results.json")}
+    grown = [
+        a if a != "model.learning_rate=1e-5,3e-3" else "model.learning_rate=1e-5,3e-3,1e-4" for a in args
+    ]
+    assert main(grown) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    record = json.loads((out / "glue_score.json").read_text())
+    assert record["grid"]["settings"] == [*grid["settings"], "learning_rate=1e-4"]
+    assert len((out / "results.csv").read_text().splitlines()) == 7
+    assert (out / "runs/rte/learning_rate=1e-4/seed1/results.json").is_file()
+    # A grid over another option into the same OUT is refused, not mixed in.
+    other = [a if a != "model.learning_rate=1e-5,3e-3" else "data.batch_size=4,8" for a in args]
+    assert main(other) == 2
 
 
 def test_protocol_file_gives_the_options_and_the_command_line_wins(tmp_path):

@@ -46,6 +46,7 @@ from apm_lightning.runners.glue_args import (
 from apm_lightning.runners.glue_data import local_test_ids, missing_files, missing_reason, task_folder
 from apm_lightning.runners.glue_grid import (
     Setting,
+    grid_options,
     grid_rows,
     parse_grid,
     select,
@@ -103,7 +104,7 @@ class GlueRunner:
         return out + self.overrides.get(None, []) + self.overrides.get(task, []) + self.extra
 
     def check_settings(self) -> None:
-        """Refuse to mix runs of other settings into OUT (only tasks and seeds may grow)."""
+        """Refuse to mix runs of other settings into OUT (tasks, seeds and grid values may change)."""
         settings = {
             "model": self.model,
             "max_train_samples": self.args.max_train_samples,
@@ -117,7 +118,11 @@ class GlueRunner:
         path = self.out / "settings.json"
         if path.is_file():
             before = json.loads(path.read_text())
-            changed = [k for k in settings if before.get(k) != settings[k]]
+            changed = [k for k in settings if k != "grid" and before.get(k) != settings[k]]
+            # A grid may grow (a value added at its edge) or shrink: each value trains in its own
+            # folders, so only a change of the options it varies would mix runs.
+            if grid_options(before.get("grid")) != grid_options(settings["grid"]):
+                changed.append("grid options")
             if "overrides" in changed:
                 # A task's own --override may change while that task has no runs here (SST-2 at
                 # one epoch added after CoLA's grid finished): nothing of another setting is mixed.

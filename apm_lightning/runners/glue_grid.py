@@ -51,6 +51,12 @@ def parse_grid(values: Sequence[str]) -> list[Setting]:
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
+def grid_options(values: Sequence[str] | None) -> list[str]:
+    """The options a grid varies, in order (``["model.learning_rate"]``), without its values: an
+    OUT folder's grid may gain or lose values (each value has its own run folders), not options."""
+    return [value.partition("=")[0].strip().removeprefix("--") for value in values or []]
+
+
 def setting_label(setting: Setting) -> str:
     """A short, filesystem-safe name: ``learning_rate=3e-5,batch_size=16`` (last key parts)."""
     if not setting:
