@@ -54,7 +54,7 @@ def parse_grid(values: Sequence[str]) -> list[Setting]:
 def grid_options(values: Sequence[str] | None) -> list[str]:
     """The options a grid varies, in order (``["model.learning_rate"]``), without its values: an
     OUT folder's grid may gain or lose values (each value has its own run folders), not options."""
-    return [value.partition("=")[0].strip().removeprefix("--") for value in values or []]
+    return list(parse_grid(values or [])[0])  # every setting has the same keys, in --grid order
 
 
 def setting_label(setting: Setting) -> str:
